@@ -1,0 +1,81 @@
+"""EcgRecord <-> serialized ``tf.train.Example`` (the shard record schema).
+
+Feature keys (the contract with readers of our shards, TensorFlow included):
+  signal         bytes   raw little-endian array, layout [leads, samples], dtype in 'dtype'
+  dtype          bytes   numpy dtype name of 'signal' ('int16', 'int32' or 'float32')
+  shape          int64   [leads, samples]
+  gain           float   [leads] digital units per mV (physical = signal / gain)
+  sampling_rate  float   Hz
+  leads          bytes   lead names, canonical spelling
+  r_peaks        int64   R-peak sample indices
+  record_id      bytes
+  label          int64   multi-hot vector or class index list (spec.json 'label_encoding')
+  split          bytes   'train' | 'val' | 'test' | ''
+The proto class comes from tensorflow_datasets, which imports without TensorFlow.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+from tensorflow_datasets.proto import tf_example_generated_pb2 as _pb
+
+from ecgjax.data.records import EcgRecord
+
+_DTYPES = {"int16": np.dtype("<i2"), "int32": np.dtype("<i4"), "float32": np.dtype("<f4")}
+
+
+def encode_labels(labels: Sequence[int], encoding: str, num_classes: int) -> list[int]:
+  if encoding == "multi_hot":
+    hot = [0] * num_classes
+    for i in labels:
+      hot[int(i)] = 1
+    return hot
+  if encoding == "class_index":
+    return [int(i) for i in labels]
+  raise ValueError(f"unknown label_encoding {encoding!r}; expected multi_hot or class_index")
+
+
+def encode(record: EcgRecord, label_encoding: str = "class_index", num_classes: int = 0) -> bytes:
+  """Serializes a record; the signal is stored losslessly in its own integer/float dtype."""
+  signal = np.ascontiguousarray(record.signal)
+  dtype = signal.dtype.name
+  if dtype not in _DTYPES:
+    raise ValueError(f"record {record.record_id}: unsupported signal dtype {dtype}")
+  ex = _pb.Example()
+  f = ex.features.feature
+  f["signal"].bytes_list.value.append(signal.astype(_DTYPES[dtype], copy=False).tobytes())
+  f["dtype"].bytes_list.value.append(dtype.encode())
+  f["shape"].int64_list.value.extend(signal.shape)
+  f["gain"].float_list.value.extend(np.asarray(record.gain, np.float32).tolist())
+  f["sampling_rate"].float_list.value.append(float(record.sampling_rate))
+  f["leads"].bytes_list.value.extend(lead.encode() for lead in record.leads)
+  peaks = record.r_peaks if record.r_peaks is not None else np.zeros([0], np.int64)
+  f["r_peaks"].int64_list.value.extend(np.asarray(peaks, np.int64).tolist())
+  f["record_id"].bytes_list.value.append(record.record_id.encode())
+  f["label"].int64_list.value.extend(encode_labels(record.labels, label_encoding, num_classes))
+  f["split"].bytes_list.value.append(record.split.encode())
+  return ex.SerializeToString()
+
+
+def decode(data: bytes | memoryview) -> dict[str, Any]:
+  """Parses one serialized Example into numpy fields (signal kept in its stored dtype)."""
+  ex = _pb.Example()
+  ex.ParseFromString(bytes(data) if isinstance(data, memoryview) else data)
+  f = ex.features.feature
+  dtype = f["dtype"].bytes_list.value[0].decode()
+  shape = tuple(f["shape"].int64_list.value)
+  signal = np.frombuffer(f["signal"].bytes_list.value[0], dtype=_DTYPES[dtype])
+  if signal.size != int(np.prod(shape)):
+    raise ValueError(f"record {f['record_id'].bytes_list.value[0]!r}: signal has "
+                     f"{signal.size} values but shape is {shape}")
+  return {
+      "signal": signal.reshape(shape),
+      "gain": np.asarray(f["gain"].float_list.value, np.float32),
+      "sampling_rate": float(f["sampling_rate"].float_list.value[0]),
+      "leads": tuple(v.decode() for v in f["leads"].bytes_list.value),
+      "r_peaks": np.asarray(f["r_peaks"].int64_list.value, np.int64),
+      "record_id": f["record_id"].bytes_list.value[0].decode(),
+      "label": np.asarray(f["label"].int64_list.value, np.int64),
+      "split": f["split"].bytes_list.value[0].decode(),
+  }

@@ -1,0 +1,143 @@
+"""grain input pipeline: shards -> shuffled, per-process, fixed-shape batches of two views.
+
+  MapDataset.source(ShardedSource).seed(s).shuffle().repeat()[pid::nproc]
+    .random_map(CropViews)            # decode, leads, R-peak crops, resample, normalise
+    .batch(local_batch) -> to_iter_dataset -> mp_prefetch(workers)
+
+The iterator's ``get_state()/set_state()`` (an index into this deterministic sequence) is
+what Orbax checkpoints, so a restarted job continues with exactly the next batch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Sequence
+
+import grain
+import numpy as np
+
+from ecgjax.data import example
+from ecgjax.data import preprocess
+from ecgjax.data.source import ShardedSource
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowConfig:
+  """What the model consumes: lead order, rate and window length (all from config.data)."""
+
+  leads: tuple[str, ...]
+  sampling_rate: float
+  window_samples: int
+  pre_r_s: float = 0.25
+  stretch: tuple[float, float] = (1.0, 1.0)
+  normalize: str = "record"
+  lead_stats: np.ndarray | None = None  # [2, L] mean/std mV for normalize='dataset'
+
+  @classmethod
+  def from_config(cls, data_cfg, spec: dict[str, Any] | None = None) -> "WindowConfig":
+    leads = tuple(data_cfg.leads)
+    stats = None
+    if data_cfg.normalize == "dataset":
+      if spec is None:
+        raise ValueError("data.normalize='dataset' needs the shards' spec.json lead_stats")
+      s = spec["lead_stats"]
+      stats = np.asarray([[s.get(l, {"mean": 0.0})["mean"] for l in leads],
+                          [s.get(l, {"std": 1.0})["std"] for l in leads]], np.float32)
+    return cls(leads=leads, sampling_rate=float(data_cfg.sampling_rate),
+               window_samples=int(round(data_cfg.window_s * data_cfg.sampling_rate)),
+               pre_r_s=float(data_cfg.pre_r_s), stretch=tuple(data_cfg.stretch),
+               normalize=data_cfg.normalize, lead_stats=stats)
+
+
+class CropViews(grain.transforms.RandomMap):
+  """Serialized Example -> {'view1', 'view2', 'lead_mask', 'label'} (train: two crops).
+
+  Each view is its own R-peak-aligned window with its own time stretch, so the
+  contrastive pair differs in beat and tempo; device-side augmentations add the rest.
+  Eval mode gives one deterministic window (starting at the first complete beat).
+  """
+
+  def __init__(self, window: WindowConfig, num_classes: int, label_encoding: str,
+               train: bool = True):
+    self.window = window
+    self.num_classes = num_classes
+    self.label_encoding = label_encoding
+    self.train = train
+
+  def _view(self, rec: dict[str, Any], rows, present, rng: np.random.Generator | None):
+    w = self.window
+    ratio = rec["sampling_rate"] / w.sampling_rate
+    stretch = 1.0 if rng is None else rng.uniform(*w.stretch)
+    src_len = w.window_samples * ratio * stretch
+    pre_r = int(round(w.pre_r_s * rec["sampling_rate"]))
+    num_samples = rec["signal"].shape[1]
+    if rng is None:
+      r = rec["r_peaks"] - pre_r
+      ok = r[(r >= 0) & (r + src_len <= num_samples)]
+      start = int(ok[0]) if ok.size else 0
+    else:
+      start = preprocess.choose_start(rng, rec["r_peaks"], num_samples, int(np.ceil(src_len)), pre_r)
+    x = preprocess.resample_window(rec["signal"], rows, rec["gain"], start, src_len,
+                                   w.window_samples)
+    return preprocess.normalize(x, present, w.normalize, w.lead_stats)
+
+  def labels(self, label: np.ndarray) -> np.ndarray:
+    if self.label_encoding == "multi_hot":
+      return label.astype(np.float32)
+    hot = np.zeros(self.num_classes, np.float32)
+    hot[label] = 1.0
+    return hot
+
+  def random_map(self, data: bytes | None, rng: np.random.Generator) -> dict[str, np.ndarray] | None:
+    if data is None:  # a corrupt record skipped by the source.
+      return None
+    rec = example.decode(data)
+    rows, present = preprocess.lead_rows(rec["leads"], self.window.leads)
+    out = {"lead_mask": present, "label": self.labels(rec["label"])}
+    if self.train:
+      out["view1"] = self._view(rec, rows, present, rng)
+      out["view2"] = self._view(rec, rows, present, rng)
+    else:
+      out["view1"] = self._view(rec, rows, present, None)
+    return out
+
+
+def open_split(data_cfg, split: str) -> ShardedSource:
+  return ShardedSource(data_cfg.path, split, skip_corrupt=bool(data_cfg.get("skip_corrupt", False)))
+
+
+def make_train_dataset(data_cfg, local_batch: int, seed: int, process_index: int = 0,
+                       process_count: int = 1, split: str | None = None) -> grain.IterDataset:
+  """Infinite, seeded, per-process dataset of two-view batches."""
+  source = open_split(data_cfg, split or data_cfg.train_split)
+  if len(source) < process_count:
+    raise ValueError(f"{source!r} has fewer records than JAX processes ({process_count})")
+  window = WindowConfig.from_config(data_cfg, source.spec)
+  num_classes = len(source.spec["label_names"])
+  ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
+  ds = ds[process_index::process_count]
+  ds = ds.random_map(CropViews(window, num_classes, source.spec["label_encoding"], train=True))
+  if data_cfg.get("skip_corrupt", False):
+    ds = ds.filter(lambda x: x is not None)
+  ds = ds.batch(local_batch, drop_remainder=True)
+  it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=int(data_cfg.read_threads),
+                                               prefetch_buffer_size=int(data_cfg.prefetch)))
+  if int(data_cfg.num_workers) > 0:
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(data_cfg.num_workers)))
+  logging.info("train data: %r, window %d samples @ %g Hz, %d leads, local batch %d",
+               source, window.window_samples, window.sampling_rate, len(window.leads), local_batch)
+  return it_ds
+
+
+def make_eval_dataset(data_cfg, split: str, batch_size: int, process_index: int = 0,
+                      process_count: int = 1) -> tuple[grain.MapDataset, ShardedSource]:
+  """One deterministic pass over ``split``: fixed windows, last batch kept (may be short)."""
+  source = open_split(data_cfg, split)
+  window = WindowConfig.from_config(data_cfg, source.spec)
+  num_classes = len(source.spec["label_names"])
+  ds = grain.MapDataset.source(source)[process_index::process_count]
+  crop = CropViews(window, num_classes, source.spec["label_encoding"], train=False)
+  ds = ds.map(lambda data: crop.random_map(data, None))
+  if data_cfg.get("skip_corrupt", False):
+    ds = ds.filter(lambda x: x is not None)
+  return ds.batch(batch_size, drop_remainder=False), source

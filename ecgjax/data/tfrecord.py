@@ -1,0 +1,161 @@
+"""TFRecord framing without TensorFlow, plus a per-shard offset index for random access.
+
+A TFRecord file is a sequence of frames:
+  uint64 length | uint32 masked_crc32c(length) | data[length] | uint32 masked_crc32c(data)
+(little-endian). The mask is ((crc >> 15) | (crc << 17)) + 0xa282ead8 mod 2**32. Files written
+here are byte-compatible with ``tf.data.TFRecordDataset``.
+
+Random access (global shuffle, exact resume) needs the byte offset of every frame; the
+writer records them and :func:`write_index` stores them next to the shard as
+``<shard>.index`` (little-endian int64 offsets, one per record, plus the file size).
+"""
+from __future__ import annotations
+
+import os
+import struct
+from typing import Iterator
+
+import crc32c as _crc32c
+import numpy as np
+
+_MASK_DELTA = 0xA282EAD8
+_HEADER = struct.Struct("<QI")
+_FOOTER = struct.Struct("<I")
+HEADER_BYTES = _HEADER.size  # 12
+FOOTER_BYTES = _FOOTER.size  # 4
+INDEX_SUFFIX = ".index"
+
+
+class CorruptRecordError(IOError):
+  """A frame failed its length/CRC check; names the file and byte offset."""
+
+  def __init__(self, path: str, offset: int, reason: str):
+    super().__init__(f"corrupt TFRecord {path} at byte offset {offset}: {reason}")
+    self.path = path
+    self.offset = offset
+    self.reason = reason
+
+
+def masked_crc(data: bytes | memoryview) -> int:
+  crc = _crc32c.crc32c(data)
+  return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
+
+
+def frame(data: bytes) -> bytes:
+  """Returns one framed TFRecord (header, payload, footer)."""
+  length = struct.pack("<Q", len(data))
+  return b"".join((length, struct.pack("<I", masked_crc(length)), data,
+                   _FOOTER.pack(masked_crc(data))))
+
+
+class TFRecordWriter:
+  """Writes frames to ``path`` atomically: data goes to ``path.tmp-PID`` until close()."""
+
+  def __init__(self, path: str):
+    self.path = path
+    self._tmp = f"{path}.tmp-{os.getpid()}"
+    self._f = open(self._tmp, "wb")
+    self.offsets: list[int] = []
+    self._pos = 0
+
+  def write(self, data: bytes) -> None:
+    framed = frame(data)
+    self.offsets.append(self._pos)
+    self._f.write(framed)
+    self._pos += len(framed)
+
+  def close(self) -> None:
+    """Flushes, fsyncs and renames into place, then writes the offset index."""
+    self._f.flush()
+    os.fsync(self._f.fileno())
+    self._f.close()
+    write_index(self.path, self.offsets + [self._pos])
+    os.replace(self._tmp, self.path)
+
+  def abort(self) -> None:
+    self._f.close()
+    if os.path.exists(self._tmp):
+      os.remove(self._tmp)
+
+  def __enter__(self) -> "TFRecordWriter":
+    return self
+
+  def __exit__(self, exc_type, *_) -> None:
+    if exc_type is None:
+      self.close()
+    else:
+      self.abort()
+
+
+def write_index(shard_path: str, offsets: list[int]) -> None:
+  tmp = f"{shard_path}{INDEX_SUFFIX}.tmp-{os.getpid()}"
+  np.asarray(offsets, dtype="<i8").tofile(tmp)
+  os.replace(tmp, shard_path + INDEX_SUFFIX)
+
+
+def read_index(shard_path: str) -> np.ndarray:
+  """Returns int64 [num_records + 1] frame offsets (the last entry is the file size)."""
+  index_path = shard_path + INDEX_SUFFIX
+  if not os.path.exists(index_path):
+    raise FileNotFoundError(f"offset index missing for shard {shard_path} "
+                            f"(expected {index_path}); re-run the converter")
+  offsets = np.fromfile(index_path, dtype="<i8")
+  size = os.path.getsize(shard_path)
+  if offsets.size < 1 or offsets[-1] != size or np.any(np.diff(offsets) < HEADER_BYTES + FOOTER_BYTES):
+    raise CorruptRecordError(shard_path, int(offsets[-1]) if offsets.size else 0,
+                             f"offset index {index_path} does not match the shard "
+                             f"(file size {size}); the shard was truncated or rewritten")
+  return offsets
+
+
+def build_index(path: str) -> np.ndarray:
+  """Scans a shard sequentially to rebuild its offsets (for shards written elsewhere)."""
+  offsets = [0]
+  with open(path, "rb") as f:
+    for _ in iter_frames(f, path):
+      offsets.append(f.tell())
+  return np.asarray(offsets, dtype=np.int64)
+
+
+def parse_frame(buf: bytes | memoryview, path: str, offset: int, verify: bool = True) -> memoryview:
+  """Validates one frame held entirely in ``buf`` and returns a view of its payload."""
+  buf = memoryview(buf)
+  if len(buf) < HEADER_BYTES + FOOTER_BYTES:
+    raise CorruptRecordError(path, offset, f"truncated frame ({len(buf)} bytes)")
+  length, length_crc = _HEADER.unpack_from(buf)
+  if verify and masked_crc(buf[:8]) != length_crc:
+    raise CorruptRecordError(path, offset, "length CRC mismatch")
+  end = HEADER_BYTES + length
+  if end + FOOTER_BYTES != len(buf):
+    raise CorruptRecordError(path, offset,
+                             f"frame length {length} disagrees with the offset index")
+  data = buf[HEADER_BYTES:end]
+  if verify and masked_crc(data) != _FOOTER.unpack_from(buf, end)[0]:
+    raise CorruptRecordError(path, offset, "data CRC mismatch")
+  return data
+
+
+def iter_frames(f, path: str = "<stream>", verify: bool = True) -> Iterator[bytes]:
+  """Sequentially yields payloads from an open binary file."""
+  while True:
+    offset = f.tell()
+    header = f.read(HEADER_BYTES)
+    if not header:
+      return
+    if len(header) < HEADER_BYTES:
+      raise CorruptRecordError(path, offset, "truncated header")
+    length, length_crc = _HEADER.unpack(header)
+    if verify and masked_crc(header[:8]) != length_crc:
+      raise CorruptRecordError(path, offset, "length CRC mismatch")
+    data = f.read(length)
+    footer = f.read(FOOTER_BYTES)
+    if len(data) < length or len(footer) < FOOTER_BYTES:
+      raise CorruptRecordError(path, offset, "truncated record")
+    if verify and masked_crc(data) != _FOOTER.unpack(footer)[0]:
+      raise CorruptRecordError(path, offset, "data CRC mismatch")
+    yield data
+
+
+def read_records(path: str, verify: bool = True) -> Iterator[bytes]:
+  with open(path, "rb") as f:
+    yield from iter_frames(f, path, verify)

@@ -1,0 +1,67 @@
+"""Process-0 metric writing: TensorBoard (tensorboardX, no TensorFlow) + metrics.jsonl.
+
+Only the writing is gated on process 0; every process computes the same values, so no
+collective ever depends on the process index.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Mapping
+
+import jax
+import numpy as np
+
+
+class MetricWriter:
+
+  def __init__(self, workdir: str, enabled: bool | None = None):
+    self.enabled = jax.process_index() == 0 if enabled is None else enabled
+    self._tb = None
+    self._jsonl = None
+    if self.enabled:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      os.makedirs(workdir, exist_ok=True)
+      self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+
+  def scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+    if not self.enabled:
+      return
+    clean = {k: float(v) for k, v in scalars.items()}
+    for k, v in clean.items():
+      self._tb.add_scalar(k, v, step)
+    self._jsonl.write(json.dumps({"step": int(step), "time": time.time(), **clean}) + "\n")
+    self._jsonl.flush()
+
+  def image(self, step: int, tag: str, png_path: str) -> None:
+    if not self.enabled:
+      return
+    import matplotlib.image  # pylint: disable=g-import-not-at-top
+    img = matplotlib.image.imread(png_path)
+    self._tb.add_image(tag, np.asarray(img)[..., :3], step, dataformats="HWC")
+
+  def close(self) -> None:
+    if self.enabled:
+      self._tb.close()
+      self._jsonl.close()
+
+
+def progress_line(step: int, total: int, m: Mapping[str, float], eta_s: float) -> str:
+  keys = [k for k in ("loss", "mae", "nt_xent", "contrastive_acc", "grad_norm", "lr") if k in m]
+  parts = [f"step {step}/{total}"] + [f"{k} {m[k]:.4g}" for k in keys]
+  parts += [f"{m['samples_per_s']:.0f} samples/s", f"{m['step_time_s'] * 1e3:.0f} ms/step"]
+  if "mfu" in m:
+    parts.append(f"MFU {100 * m['mfu']:.1f}%")
+  if m.get("bad_steps"):
+    parts.append(f"bad_steps {int(m['bad_steps'])}")
+  h, rem = divmod(int(eta_s), 3600)
+  parts.append(f"ETA {h}:{rem // 60:02d}:{rem % 60:02d}")
+  return " | ".join(parts)
+
+
+def log(msg: str, *args) -> None:
+  if jax.process_index() == 0:
+    logging.info(msg, *args)

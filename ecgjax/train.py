@@ -1,0 +1,335 @@
+"""Pretraining loop: one AOT-compiled, sharded, pure train step; Orbax resume; metrics.
+
+  train_and_evaluate(config, workdir)
+
+State is the nnx state of (model, optimizer), initialised directly sharded with
+``jax.jit(init, out_shardings=...)``. The step is a pure function of
+(state, batch, step); its PRNG key is fold_in(seed, step), so a resumed run repeats
+exactly what an uninterrupted one would have done.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from ecgjax import checkpoint as ckpt_lib
+from ecgjax import config_validation
+from ecgjax import demo_data
+from ecgjax import input as input_lib
+from ecgjax import metrics as metrics_lib
+from ecgjax import sharding
+from ecgjax.data import augment
+from ecgjax.data import pipeline
+from ecgjax.models import signal_transformer as st
+from ecgjax.objectives import hybrid
+
+# Dense bf16 peak FLOP/s per device, for MFU. Unknown devices (CPU) report no MFU.
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12,
+              "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v6": 918e12}
+
+
+TRAIN_KEYS = ("view1", "view2", "lead_mask")
+
+
+class NonFiniteError(FloatingPointError):
+  pass
+
+
+def model_config(config) -> ml_collections.ConfigDict:
+  """The size preset with the config's overrides and the data-derived patch geometry."""
+  overrides = dict(config.model)
+  overrides.update(num_leads=len(config.data.leads),
+                   patch_size=config_validation.patch_size(config),
+                   max_patches=config_validation.num_patches(config))
+  return st.model_config(config.model_size, **overrides)
+
+
+def make_optimizer(o, total_steps: int) -> optax.GradientTransformation:
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0, o.lr, int(o.warmup_steps), max(int(total_steps), int(o.warmup_steps) + 1),
+      end_value=o.lr * o.min_lr_ratio)
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+  tx = optax.chain(
+      optax.clip_by_global_norm(o.clip_norm),
+      optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask))
+  # Skips (and counts) updates whose gradients are not finite; the loop stops the run
+  # after max_bad_steps in a row. Its counters live in the optimizer state (checkpointed).
+  return optax.apply_if_finite(tx, max_consecutive_errors=2**30), schedule
+
+
+def create_state(config, mesh):
+  """(graphdef, sharded state, state shardings, schedule) for model + optimizer."""
+  mcfg = model_config(config)
+  tx, schedule = make_optimizer(config.optim, config.total_steps)
+
+  def init():
+    model = st.SignalTransformer(mcfg, rngs=nnx.Rngs(config.seed))
+    return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+  rules = sharding.rules_from_config(config.sharding_rules)
+  with nnx.use_eager_sharding(False), nnx.logical_axis_rules(rules):
+    graphdef, abstract_state = nnx.split(nnx.eval_shape(init))
+    shardings = sharding.state_shardings(abstract_state, mesh, rules)
+    state = jax.jit(lambda: nnx.split(init())[1], out_shardings=shardings)()
+  return graphdef, state, shardings, schedule
+
+
+def _augment_cfg(config) -> ml_collections.ConfigDict:
+  a = ml_collections.ConfigDict(config.augment.to_dict())
+  a.sampling_rate = config.data.sampling_rate
+  return a
+
+
+def train_step(graphdef, state, batch: dict[str, jax.Array], step: jax.Array, *, config):
+  """One update. Pure: (state, batch, step) -> (state, metrics)."""
+  model, optimizer = nnx.merge(graphdef, state)
+  key = jax.random.fold_in(jax.random.key(config.seed), step)
+  k_aug1, k_aug2, k_loss = jax.random.split(key, 3)
+  aug_cfg = _augment_cfg(config)
+  x1, m1 = augment.augment_view(k_aug1, batch["view1"], batch["lead_mask"], aug_cfg)
+  x2, m2 = augment.augment_view(k_aug2, batch["view2"], batch["lead_mask"], aug_cfg)
+  views = {"view1": x1, "view2": x2, "mask1": m1, "mask2": m2}
+  accum = int(config.optim.grad_accum)
+
+  def loss_on(m, v, k):
+    return hybrid.loss_fn(m, v, k, config.loss)
+
+  grad_fn = nnx.value_and_grad(loss_on, has_aux=True)
+  if accum == 1:
+    (loss, aux), grads = grad_fn(model, views, k_loss)
+  else:
+    micro = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), views)
+    keys = jax.random.split(k_loss, accum)
+
+    def body(carry, xs):
+      g_sum, l_sum, a_sum = carry
+      (l, a), g = grad_fn(model, xs[0], xs[1])
+      return (jax.tree.map(jnp.add, g_sum, g), l_sum + l,
+              jax.tree.map(jnp.add, a_sum, a)), None
+
+    zeros_g = jax.tree.map(jnp.zeros_like, nnx.state(model, nnx.Param))
+    (_, aux0), _ = jax.eval_shape(grad_fn, model, jax.tree.map(lambda x: x[0], micro), keys[0])
+    zeros_a = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux0)
+    (grads, loss, aux), _ = jax.lax.scan(body, (zeros_g, 0.0, zeros_a), (micro, keys))
+    grads = jax.tree.map(lambda g: g / accum, grads)
+    loss, aux = loss / accum, jax.tree.map(lambda a: a / accum, aux)
+  grad_norm = optax.global_norm(grads)
+  optimizer.update(model, grads)
+  metrics = dict(aux)
+  metrics.update(loss=loss, grad_norm=grad_norm,
+                 bad_step=1.0 - jnp.isfinite(grad_norm).astype(jnp.float32))
+  return nnx.state((model, optimizer)), metrics
+
+
+def _finite_counters(opt_state) -> tuple[int, int]:
+  """(consecutive, total) non-finite steps from optax.apply_if_finite's state."""
+  leaves = jax.tree_util.tree_leaves_with_path(opt_state)
+  found = {}
+  for path, leaf in leaves:
+    name = jax.tree_util.keystr(path)
+    for key in ("notfinite_count", "total_notfinite"):
+      if name.endswith(f"{key}']") or name.endswith(f".{key}") or key in name.split("'")[-2:]:
+        found[key] = int(jax.device_get(leaf))
+  return found.get("notfinite_count", 0), found.get("total_notfinite", 0)
+
+
+class _Preemption:
+  """SIGTERM -> set a flag; the loop saves a checkpoint and exits cleanly."""
+
+  def __init__(self):
+    self.requested = threading.Event()
+    self._old = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._old = signal.signal(signal.SIGTERM, lambda *_: self.requested.set())
+    return self
+
+  def __exit__(self, *_):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+
+def _peak_flops() -> float | None:
+  kind = jax.devices()[0].device_kind
+  for name, peak in PEAK_FLOPS.items():
+    if name.lower() in kind.lower():
+      return peak
+  return None
+
+
+def compile_step(config, graphdef, state, shardings, mesh):
+  """AOT-compiles the step for the batch shapes; logs compile time and memory analysis."""
+  b = config.global_batch
+  n_leads = len(config.data.leads)
+  t = int(round(config.data.window_s * config.data.sampling_rate))
+  batch_abs = {
+      "view1": jax.ShapeDtypeStruct((b, n_leads, t), jnp.float32, sharding=sharding.batch_sharding(mesh, 3)),
+      "view2": jax.ShapeDtypeStruct((b, n_leads, t), jnp.float32, sharding=sharding.batch_sharding(mesh, 3)),
+      "lead_mask": jax.ShapeDtypeStruct((b, n_leads), jnp.bool_, sharding=sharding.batch_sharding(mesh, 2)),
+  }
+  step_fn = jax.jit(functools.partial(train_step, graphdef, config=config),
+                    in_shardings=(shardings, None, sharding.replicated(mesh)),
+                    out_shardings=(shardings, sharding.replicated(mesh)),
+                    donate_argnums=(0,))
+  start = time.time()
+  state_abs = ckpt_lib.abstract_with_shardings(state, shardings)
+  compiled = step_fn.lower(state_abs, batch_abs,
+                           jax.ShapeDtypeStruct((), jnp.int32, sharding=sharding.replicated(mesh))).compile()
+  metrics_lib.log("compiled train step in %.1fs", time.time() - start)
+  try:
+    mem = compiled.memory_analysis()
+    if mem is not None:
+      metrics_lib.log("step memory per device: args %.1f MiB, temps %.1f MiB, outputs %.1f MiB",
+                      mem.argument_size_in_bytes / 2**20, mem.temp_size_in_bytes / 2**20,
+                      mem.output_size_in_bytes / 2**20)
+  except Exception:  # pylint: disable=broad-except  (not every backend implements it)
+    pass
+  return compiled, batch_abs
+
+
+def flops_per_step(config) -> float:
+  mcfg = model_config(config)
+  total = len(config.data.leads) * mcfg.max_patches
+  visible = max(1, int(round((1 - config.loss.mask_ratio) * total)))
+  per_view = st.flops_per_sample(mcfg, visible, total, with_decoder=config.loss.mae_weight > 0)
+  return 2 * per_view * config.global_batch
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains (resuming from workdir if possible); returns the final metrics."""
+  config_validation.validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  demo_data.resolve_data_path(config, workdir)
+  mesh = sharding.make_mesh(config.mesh)
+  metrics_lib.log("mesh %s over %d devices (%s), %d processes", dict(mesh.shape),
+                  jax.device_count(), jax.devices()[0].device_kind, jax.process_count())
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=1))
+
+  graphdef, state, shardings, schedule = create_state(config, mesh)
+  params = nnx.state(nnx.merge(graphdef, state)[0], nnx.Param)
+  n_params = sum(x.size for x in jax.tree.leaves(params))
+  jax.set_mesh(mesh)
+  metrics_lib.log("model %s: %.2fM params", config.model_size, n_params / 1e6)
+
+  local_batch = config.global_batch // jax.process_count()
+  host_iter = iter(pipeline.make_train_dataset(
+      config.data, local_batch, config.seed, jax.process_index(), jax.process_count()))
+  data_iter = input_lib.DevicePrefetcher(host_iter, mesh, config.data.device_prefetch,
+      TRAIN_KEYS)
+
+  manager = ckpt_lib.make_manager(os.path.join(workdir, "checkpoints"), config)
+  start_step = 0
+  restored = ckpt_lib.restore(manager, ckpt_lib.abstract_with_shardings(state, shardings),
+                              data_iter)
+  if restored is not None:
+    start_step, state, iter_restored = restored
+    metrics_lib.log("resumed from step %d in %s", start_step, manager.directory)
+    if not iter_restored:
+      # Grain iterator states are per process: with another process count the input
+      # order restarts, re-seeded with (seed, step) so it does not replay epoch 1.
+      data_iter.close()
+      data_iter = input_lib.DevicePrefetcher(iter(pipeline.make_train_dataset(
+          config.data, local_batch, config.seed + start_step, jax.process_index(),
+          jax.process_count())), mesh, config.data.device_prefetch,
+      TRAIN_KEYS)
+
+  compiled, _ = compile_step(config, graphdef, state, shardings, mesh)
+  writer = metrics_lib.MetricWriter(workdir)
+  flops = flops_per_step(config)
+  peak = _peak_flops()
+  plotter = _make_plotter(config, workdir, graphdef, mesh, writer)
+
+  step = start_step
+  last = {}
+  sums, n_summed = None, 0
+  t_log, step_log = time.time(), step
+  try:
+    with _Preemption() as preempt:
+      while step < config.total_steps:
+        batch = next(data_iter)
+        state, m = compiled(state, batch, jnp.asarray(step, jnp.int32))
+        step += 1
+        sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
+        n_summed += 1
+        if step % config.log_every == 0 or step == config.total_steps:
+          host = {k: float(v) / n_summed for k, v in jax.device_get(sums).items()}
+          host["bad_steps"] = host.pop("bad_step") * n_summed
+          sums, n_summed = None, 0
+          dt = (time.time() - t_log) / max(step - step_log, 1)
+          t_log, step_log = time.time(), step
+          host.update(lr=float(schedule(step)), step_time_s=dt,
+                      samples_per_s=config.global_batch / dt)
+          if peak:
+            host["mfu"] = flops / dt / (peak * jax.device_count())
+          writer.scalars(step, host)
+          metrics_lib.log(metrics_lib.progress_line(step, config.total_steps, host,
+                                                     dt * (config.total_steps - step)))
+          last = host
+          consecutive, _ = _finite_counters(state)
+          if consecutive >= config.max_bad_steps:
+            ckpt_lib.save(manager, step, state, data_iter, force=True)
+            manager.wait_until_finished()
+            raise NonFiniteError(
+                f"{consecutive} consecutive steps with non-finite loss/gradients at step {step} "
+                f"(config.max_bad_steps={config.max_bad_steps}); their updates were skipped and "
+                f"the last good state is saved in {manager.directory}")
+        if plotter and (step % config.plot_every == 0 or step == config.total_steps):
+          plotter(step, state)
+        save_now = step % config.checkpoint_every == 0 or step == config.total_steps
+        if save_now or preempt.requested.is_set():
+          ckpt_lib.save(manager, step, state, data_iter,
+                        metrics={"loss": float(last.get("loss", np.inf))}, force=True)
+        if preempt.requested.is_set():
+          metrics_lib.log("SIGTERM: saved step %d, exiting", step)
+          break
+  finally:
+    manager.wait_until_finished()
+    manager.close()
+    data_iter.close()
+    writer.close()
+  return {"step": step, **last}
+
+
+def _make_plotter(config, workdir, graphdef, mesh, writer):
+  """Every plot_every steps: original vs reconstructed leads for a fixed validation batch."""
+  if config.loss.mae_weight <= 0:
+    return None
+  from ecgjax import plots  # pylint: disable=g-import-not-at-top
+  split = config.data.eval_split
+  try:
+    ds, _ = pipeline.make_eval_dataset(config.data, split, batch_size=4)
+  except ValueError:
+    ds, _ = pipeline.make_eval_dataset(config.data, config.data.train_split, batch_size=4)
+  batch = ds[0]
+  x = jnp.asarray(batch["view1"])
+  mask = jnp.asarray(batch["lead_mask"])
+
+  @jax.jit
+  def recon(state):
+    model, _ = nnx.merge(graphdef, state)
+    return hybrid.reconstruct(model, x, mask, jax.random.key(config.seed + 1), config.loss)
+
+  def plot(step, state):
+    pred, masked = jax.device_get(recon(state))
+    if jax.process_index() == 0:
+      path = os.path.join(workdir, "plots", f"recon_{step:07d}.png")
+      plots.reconstruction(path, np.asarray(batch["view1"][0]), np.asarray(pred[0]),
+                           np.asarray(masked[0]), list(config.data.leads),
+                           config_validation.patch_size(config), config.data.sampling_rate, step)
+      writer.image(step, "reconstruction", path)
+  return plot

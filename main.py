@@ -1,0 +1,67 @@
+r"""ecgjax entry point: pretraining, linear probes and export, chosen by the config.
+
+  python main.py --config=configs/hl.py:demo --workdir=runs/demo
+  python main.py --config=configs/hl.py --workdir=runs/hl --config.data.path=SHARDS
+  python main.py --config=configs/export.py --config.checkpoint=runs/hl --config.output=OUT
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:variant]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0 (multi-host outside TPU/SLURM).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Total JAX processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+
+
+def _initialize_distributed() -> None:
+  """jax.distributed.initialize from flags, the environment (TPU pod, SLURM) or not at all."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if _COORDINATOR.value:
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  elif os.environ.get("ECGJAX_COORDINATOR"):
+    jax.distributed.initialize(os.environ["ECGJAX_COORDINATOR"],
+                               int(os.environ["ECGJAX_NUM_PROCESSES"]),
+                               int(os.environ["ECGJAX_PROCESS_ID"]))
+  elif os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("SLURM_NTASKS", "1") != "1":
+    jax.distributed.initialize()
+
+
+def main(argv) -> None:
+  del argv
+  logging.getLogger().setLevel(logging.INFO)
+  config = _CONFIG.value
+  if config is None:
+    raise app.UsageError("--config is required, e.g. --config=configs/hl.py:demo")
+  _initialize_distributed()
+  job = config.get("job", "pretrain")
+  if job == "pretrain":
+    if not _WORKDIR.value:
+      raise app.UsageError("--workdir is required for pretraining")
+    from ecgjax import train  # pylint: disable=g-import-not-at-top
+    result = train.train_and_evaluate(config, _WORKDIR.value)
+    if config.get("probe_at_end"):
+      from ecgjax import probe  # pylint: disable=g-import-not-at-top
+      probe.demo_summary(config, _WORKDIR.value)
+    logging.info("done: %s", result)
+  elif job == "probe":
+    from ecgjax import probe  # pylint: disable=g-import-not-at-top
+    probe.run(config, _WORKDIR.value)
+  elif job == "export":
+    from ecgjax import export  # pylint: disable=g-import-not-at-top
+    export.run(config)
+  else:
+    raise app.UsageError(f"config.job={job!r}; expected pretrain, probe or export")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config"])
+  app.run(main)

@@ -1,0 +1,267 @@
+"""Tests for masking, MAE, NT-Xent and the hybrid (HL / MAE-only / SimCLR-only) objective."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from ecgjax.models import signal_transformer as st
+from ecgjax.objectives import contrastive
+from ecgjax.objectives import hybrid
+from ecgjax.objectives import mae
+from ecgjax.objectives import masking
+
+B, L, P, N = 4, 4, 10, 5  # batch, leads, patch samples, patches per lead.
+
+
+# ------------------------------------------------------------------------------- masking
+# One jitted function; the static settings below are shared across tests to limit compiles.
+_mask_fn = jax.jit(masking.multiscale_mask, static_argnums=(1, 2, 3, 5, 6, 7))
+
+
+def _mask(key=0, b=64, l=12, n=20, lead_mask=None, ratio=0.75, scales=(1, 2, 4), whole=0.1):
+  lead_mask = jnp.ones((b, l), bool) if lead_mask is None else lead_mask
+  idx, masked = _mask_fn(jax.random.key(key), b, l, n, lead_mask, ratio, scales, whole)
+  return np.asarray(idx), np.asarray(masked)
+
+
+def test_mask_fixed_count_sorted_unique():
+  idx, masked = _mask()
+  k = masking.num_visible(12 * 20, 0.75)
+  assert idx.shape == (64, k) and idx.dtype == np.int32
+  assert (np.diff(idx, axis=1) > 0).all()  # Sorted and unique.
+  assert (masked.sum(1) == 12 * 20 - k).all()
+  assert not np.take_along_axis(masked, idx, axis=1).any()
+
+
+def test_mask_ratio_zero_keeps_everything():
+  idx, masked = _mask(ratio=0.0)
+  np.testing.assert_array_equal(idx, np.tile(np.arange(240), (64, 1)))
+  assert not masked.any()
+
+
+def test_mask_absent_leads_never_visible():
+  lead_mask = jnp.ones((512, 12), bool).at[:, 3].set(False).at[:256, 8:].set(False)
+  idx, masked = _mask(b=512, lead_mask=lead_mask, ratio=0.5, whole=0.3)
+  lead_of = idx // 20
+  assert not (lead_of == 3).any()
+  assert not (lead_of[:256] >= 8).any()
+  assert masked.reshape(512, 12, 20)[:, 3].all()
+
+
+def test_whole_lead_masking_rate():
+  def whole_frac(prob):
+    _, masked = _mask(key=1, b=512, ratio=0.5, whole=prob)
+    return masked.reshape(512, 12, 20).all(-1).mean()
+  base, boosted = whole_frac(0.0), whole_frac(0.3)
+  assert base < 0.05
+  assert 0.2 < boosted - base < 0.4
+
+
+def _mean_run(masked_leads: np.ndarray) -> float:
+  """Mean length of consecutive masked runs along the last (time) axis."""
+  rows = masked_leads.reshape(-1, masked_leads.shape[-1]).astype(int)
+  d = np.diff(np.pad(rows, ((0, 0), (1, 1))), axis=1)
+  return float((d == -1).sum() and rows.sum() / (d == 1).sum())
+
+
+def test_spans_are_contiguous():
+  _, masked = _mask(key=2, b=512, ratio=0.5, whole=0.0)
+  iid = np.random.default_rng(0).permutation(masked.reshape(-1)).reshape(masked.shape)
+  spans, ref = _mean_run(masked.reshape(512, 12, 20)), _mean_run(iid.reshape(512, 12, 20))
+  assert spans > 1.3 * ref, (spans, ref)
+
+
+# ----------------------------------------------------------------------------------- MAE
+def test_mae_loss_matches_numpy_and_ignores_other_tokens():
+  rng = np.random.default_rng(0)
+  pred, target = rng.normal(size=(2, 2, 6, 5)).astype(np.float32)
+  masked = rng.random((2, 6)) < 0.6
+  valid = rng.random((2, 6)) < 0.8
+  t = (target - target.mean(-1, keepdims=True)) / np.sqrt(target.var(-1, keepdims=True) + 1e-6)
+  w = masked & valid
+  expected = ((pred - t) ** 2).mean(-1)[w].mean()
+  got = mae.mae_loss(pred, target, masked, valid)
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+  raw = ((pred - target) ** 2).mean(-1)[w].mean()
+  np.testing.assert_allclose(mae.mae_loss(pred, target, masked, valid, norm_target=False), raw,
+                             rtol=1e-5)
+  pred2 = np.where(w[..., None], pred, 1e3)  # Changing excluded tokens changes nothing.
+  np.testing.assert_allclose(mae.mae_loss(pred2, target, masked, valid), expected, rtol=1e-5)
+  none = np.zeros_like(masked)
+  assert float(mae.mae_loss(pred, target, none, valid)) == 0.0
+  g = jax.grad(lambda p: mae.mae_loss(p, target, none, valid))(pred)
+  assert np.isfinite(g).all()
+
+
+# ------------------------------------------------------------------------------- NT-Xent
+def _nt_xent_numpy(z1, z2, tau):
+  z = np.concatenate([z1, z2]).astype(np.float64)
+  z /= np.linalg.norm(z, axis=1, keepdims=True)
+  sim = z @ z.T / tau
+  n, b = len(z), len(z1)
+  losses = []
+  for i in range(n):
+    pos = (i + b) % n
+    others = [j for j in range(n) if j != i]
+    losses.append(-sim[i, pos] + np.log(np.exp(sim[i, others]).sum()))
+  return np.mean(losses)
+
+
+def test_nt_xent_matches_numpy():
+  rng = np.random.default_rng(0)
+  z1, z2 = rng.normal(size=(2, 6, 8)).astype(np.float32)
+  np.testing.assert_allclose(contrastive.nt_xent(z1, z2, 0.5), _nt_xent_numpy(z1, z2, 0.5),
+                             rtol=1e-5)
+
+
+def test_nt_xent_identical_views_low_and_accurate():
+  z = jax.random.normal(jax.random.key(0), (16, 32))
+  other = jax.random.normal(jax.random.key(1), (16, 32))
+  same, metrics = contrastive.nt_xent_with_metrics(z, z, 0.1)
+  rand = contrastive.nt_xent(z, other, 0.1)
+  assert float(same) < 0.1 * float(rand)
+  assert float(metrics["contrastive_acc"]) == 1.0
+  assert float(metrics["nt_xent"]) == float(same)
+
+
+def test_nt_xent_uses_global_batch_when_sharded():
+  n = jax.device_count()
+  if n < 2:
+    pytest.skip("needs >= 2 devices (conftest forces 8 CPU devices)")
+  mesh = jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  rng = np.random.default_rng(1)
+  z1, z2 = rng.normal(size=(2, 2 * n, 8)).astype(np.float32)
+  loss = jax.jit(contrastive.nt_xent, static_argnums=2)(
+      jax.device_put(z1, sharding), jax.device_put(z2, sharding), 0.5)
+  np.testing.assert_allclose(loss, _nt_xent_numpy(z1, z2, 0.5), rtol=1e-5)
+
+
+# -------------------------------------------------------------------------------- hybrid
+def _model():
+  cfg = st.model_config(
+      "tiny", width=32, depth=2, num_heads=2, mlp_dim=64, local_depth=1, decoder_width=16,
+      decoder_depth=1, decoder_heads=2, decoder_mlp_dim=32, proj_hidden=32, proj_dim=8,
+      num_leads=L, patch_size=P, max_patches=N)
+  with nnx.use_eager_sharding(False):
+    return st.SignalTransformer(cfg, rngs=nnx.Rngs(0))
+
+
+@pytest.fixture(scope="module")
+def model():
+  return _model()
+
+
+def _batch(seed=0):
+  k = jax.random.split(jax.random.key(seed), 3)
+  t = jnp.linspace(0.0, 6 * jnp.pi, N * P)
+  freq = jax.random.uniform(k[0], (B, L, 1), minval=0.5, maxval=2.0)
+  clean = jnp.sin(freq * t)
+  return {
+      "view1": clean + 0.05 * jax.random.normal(k[1], clean.shape),
+      "view2": clean + 0.05 * jax.random.normal(k[2], clean.shape),
+      "mask1": jnp.ones((B, L), bool),
+      "mask2": jnp.ones((B, L), bool).at[:, 1].set(False),
+  }
+
+
+def _grads(model, cfg, batch):
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+  @jax.jit
+  def f(params, key):
+    fn = lambda p: hybrid.loss_fn(nnx.merge(graphdef, p, rest), batch, key, cfg)
+    return jax.value_and_grad(fn, has_aux=True)(params)
+
+  (loss, metrics), grads = f(params, jax.random.key(0))
+  return loss, metrics, grads
+
+
+def _abs_sum(tree, prefixes):
+  total = 0.0
+  for path, v in nnx.to_flat_state(tree):
+    if str(path[0]).startswith(prefixes):
+      total += float(jnp.abs(v.get_value()).sum())
+  return total
+
+
+_DECODER = ("decoder", "mask_token")
+_PROJ = ("proj",)
+
+
+def test_hl_loss_jit_grad_and_adam_steps_reduce_it(model):
+  cfg = hybrid.objective_config("hl")
+  batch = _batch(1)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  tx = optax.adam(3e-3)
+
+  @jax.jit
+  def step(params, opt_state):
+    fn = lambda p: hybrid.loss_fn(nnx.merge(graphdef, p, rest), batch, jax.random.key(0), cfg)
+    (loss, metrics), grads = jax.value_and_grad(fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss, metrics, grads
+
+  new_params, opt_state, loss, metrics, grads = step(params, tx.init(params))
+  assert set(metrics) == {"loss", "mae", "nt_xent", "contrastive_acc", "visible_tokens"}
+  assert np.isfinite(float(loss))
+  np.testing.assert_allclose(
+      loss, cfg.mae_weight * metrics["mae"] + cfg.contrastive_weight * metrics["nt_xent"],
+      rtol=1e-6)
+  k = masking.num_visible(L * N, cfg.mask_ratio)
+  assert 0 < float(metrics["visible_tokens"]) <= k
+  assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+  assert _abs_sum(grads, _DECODER) > 0 and _abs_sum(grads, _PROJ) > 0
+  assert _abs_sum(grads, ("blocks",)) > 0
+
+  losses = [float(loss)]
+  for _ in range(15):
+    new_params, opt_state, loss, _, _ = step(new_params, opt_state)
+    losses.append(float(loss))
+  assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_simclr_only_skips_decoder(model):
+  cfg = hybrid.objective_config("simclr")
+  loss, metrics, grads = _grads(model, cfg, _batch())
+  assert float(metrics["mae"]) == 0.0 and float(metrics["nt_xent"]) > 0
+  np.testing.assert_allclose(loss, metrics["nt_xent"], rtol=1e-6)
+  assert _abs_sum(grads, _DECODER) == 0.0
+  assert _abs_sum(grads, _PROJ) > 0
+  # The decoder is not even traced: its matmuls are absent from the program.
+  graphdef, state = nnx.split(model)
+  jaxpr = jax.make_jaxpr(lambda s: hybrid.loss_fn(nnx.merge(graphdef, s), _batch(),
+                                                  jax.random.key(0), cfg))(state)
+  hl_cfg = hybrid.objective_config("hl")
+  jaxpr_hl = jax.make_jaxpr(lambda s: hybrid.loss_fn(nnx.merge(graphdef, s), _batch(),
+                                                     jax.random.key(0), hl_cfg))(state)
+  assert str(jaxpr).count("dot_general") < str(jaxpr_hl).count("dot_general")
+
+
+def test_mae_only_skips_projection(model):
+  cfg = hybrid.objective_config("mae")
+  loss, metrics, grads = _grads(model, cfg, _batch())
+  assert float(metrics["nt_xent"]) == 0.0 and float(metrics["mae"]) > 0
+  np.testing.assert_allclose(loss, metrics["mae"], rtol=1e-6)
+  assert _abs_sum(grads, _PROJ) == 0.0
+  assert _abs_sum(grads, _DECODER) > 0
+
+
+def test_reconstruct_shapes(model):
+  batch = _batch()
+  cfg = hybrid.objective_config("hl")
+  fn = nnx.jit(lambda m, x, lm, k: hybrid.reconstruct(m, x, lm, k, cfg))
+  pred, masked = fn(model, batch["view1"], batch["mask2"], jax.random.key(3))
+  assert pred.shape == (B, L, N * P) and masked.shape == (B, L * N)
+  assert np.isfinite(np.asarray(pred)).all()
+
+
+def test_objective_config_variants():
+  assert hybrid.objective_config("mae").contrastive_weight == 0.0
+  assert hybrid.objective_config("simclr").mae_weight == 0.0
+  with pytest.raises(ValueError):
+    hybrid.objective_config("hl", mae_weight=0.0, contrastive_weight=0.0)
+  with pytest.raises(KeyError):
+    hybrid.objective_config("hl", lambda_=0.3)
