@@ -55,7 +55,8 @@ def encode(record: EcgRecord, label_encoding: str = "class_index", num_classes: 
   f["record_id"].bytes_list.value.append(record.record_id.encode())
   f["label"].int64_list.value.extend(encode_labels(record.labels, label_encoding, num_classes))
   f["split"].bytes_list.value.append(record.split.encode())
-  return ex.SerializeToString()
+  # deterministic=True sorts the feature map: identical bytes in every process and run.
+  return ex.SerializeToString(deterministic=True)
 
 
 def decode(data: bytes | memoryview) -> dict[str, Any]:

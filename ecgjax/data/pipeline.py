@@ -14,6 +14,7 @@ import logging
 from typing import Any, Sequence
 
 import grain
+from absl import flags
 import numpy as np
 
 from ecgjax.data import example
@@ -32,6 +33,7 @@ class WindowConfig:
   stretch: tuple[float, float] = (1.0, 1.0)
   normalize: str = "record"
   lead_stats: np.ndarray | None = None  # [2, L] mean/std mV for normalize='dataset'
+  source_rates: tuple[float, ...] = ()   # every rate in the shards (sizes the buffers)
 
   @classmethod
   def from_config(cls, data_cfg, spec: dict[str, Any] | None = None) -> "WindowConfig":
@@ -43,18 +45,30 @@ class WindowConfig:
       s = spec["lead_stats"]
       stats = np.asarray([[s.get(l, {"mean": 0.0})["mean"] for l in leads],
                           [s.get(l, {"std": 1.0})["std"] for l in leads]], np.float32)
+    rates = [float(r) for r in (spec or {}).get("sampling_rates", {})] or [data_cfg.sampling_rate]
     return cls(leads=leads, sampling_rate=float(data_cfg.sampling_rate),
                window_samples=int(round(data_cfg.window_s * data_cfg.sampling_rate)),
                pre_r_s=float(data_cfg.pre_r_s), stretch=tuple(data_cfg.stretch),
-               normalize=data_cfg.normalize, lead_stats=stats)
+               normalize=data_cfg.normalize, lead_stats=stats, source_rates=tuple(rates))
+
+  def segment_length(self, source_rate: float) -> int:
+    """Raw samples cut per view from a record at ``source_rate`` (before decimation)."""
+    return preprocess.segment_length(self.window_samples, source_rate / self.sampling_rate,
+                                     max(self.stretch[1], 1.0))
+
+  def buffer_length(self) -> int:
+    """Fixed per-view segment length after decimation, for every rate in the dataset."""
+    return max(self.segment_length(r) // preprocess.decimation(r, self.sampling_rate)
+               for r in self.source_rates)
 
 
 class CropViews(grain.transforms.RandomMap):
-  """Serialized Example -> {'view1', 'view2', 'lead_mask', 'label'} (train: two crops).
+  """Serialized Example -> raw R-peak-aligned segments for one (eval) or two (train) views.
 
   Each view is its own R-peak-aligned window with its own time stretch, so the
   contrastive pair differs in beat and tempo; device-side augmentations add the rest.
   Eval mode gives one deterministic window (starting at the first complete beat).
+  Only slicing happens here; :class:`ResampleViews` interpolates whole batches.
   """
 
   def __init__(self, window: WindowConfig, num_classes: int, label_encoding: str,
@@ -63,12 +77,13 @@ class CropViews(grain.transforms.RandomMap):
     self.num_classes = num_classes
     self.label_encoding = label_encoding
     self.train = train
+    self.buffer_len = window.buffer_length()
 
-  def _view(self, rec: dict[str, Any], rows, present, rng: np.random.Generator | None):
+  def _segment(self, rec: dict[str, Any], rows, rng: np.random.Generator | None, out, v: int):
     w = self.window
-    ratio = rec["sampling_rate"] / w.sampling_rate
     stretch = 1.0 if rng is None else rng.uniform(*w.stretch)
-    src_len = w.window_samples * ratio * stretch
+    ratio = rec["sampling_rate"] / w.sampling_rate * stretch
+    src_len = int(np.ceil(w.window_samples * ratio))
     pre_r = int(round(w.pre_r_s * rec["sampling_rate"]))
     num_samples = rec["signal"].shape[1]
     if rng is None:
@@ -76,10 +91,17 @@ class CropViews(grain.transforms.RandomMap):
       ok = r[(r >= 0) & (r + src_len <= num_samples)]
       start = int(ok[0]) if ok.size else 0
     else:
-      start = preprocess.choose_start(rng, rec["r_peaks"], num_samples, int(np.ceil(src_len)), pre_r)
-    x = preprocess.resample_window(rec["signal"], rows, rec["gain"], start, src_len,
-                                   w.window_samples)
-    return preprocess.normalize(x, present, w.normalize, w.lead_stats)
+      start = preprocess.choose_start(rng, rec["r_peaks"], num_samples, src_len, pre_r)
+    k = preprocess.decimation(rec["sampling_rate"], w.sampling_rate)
+    seg_len = w.segment_length(rec["sampling_rate"])
+    if rec["sampling_rate"] not in w.source_rates or seg_len // k > self.buffer_len:
+      seg_len = self.buffer_len * k  # a rate spec.json did not list: cut what fits
+    seg, scale, valid = preprocess.extract_segment(rec["signal"], rows, rec["gain"], start,
+                                                   seg_len, k)
+    if seg.shape[1] < self.buffer_len:  # mixed rates: pad to the batch's fixed shape
+      seg = np.pad(seg, ((0, 0), (0, self.buffer_len - seg.shape[1])))
+    out[f"seg{v}"], out[f"ratio{v}"], out[f"valid{v}"] = seg, np.float64(ratio), np.int64(valid)
+    out["scale"], out["k"] = scale, np.int64(k)
 
   def labels(self, label: np.ndarray) -> np.ndarray:
     if self.label_encoding == "multi_hot":
@@ -88,17 +110,32 @@ class CropViews(grain.transforms.RandomMap):
     hot[label] = 1.0
     return hot
 
-  def random_map(self, data: bytes | None, rng: np.random.Generator) -> dict[str, np.ndarray] | None:
+  def random_map(self, data: bytes | None, rng: np.random.Generator | None) -> dict[str, np.ndarray] | None:
     if data is None:  # a corrupt record skipped by the source.
       return None
     rec = example.decode(data)
     rows, present = preprocess.lead_rows(rec["leads"], self.window.leads)
     out = {"lead_mask": present, "label": self.labels(rec["label"])}
-    if self.train:
-      out["view1"] = self._view(rec, rows, present, rng)
-      out["view2"] = self._view(rec, rows, present, rng)
-    else:
-      out["view1"] = self._view(rec, rows, present, None)
+    for v in ((1, 2) if self.train else (1,)):
+      self._segment(rec, rows, rng, out, v)
+    return out
+
+
+class ResampleViews(grain.transforms.Map):
+  """Batched segments -> {'view1'[, 'view2'], 'lead_mask', 'label'}: resample + normalise."""
+
+  def __init__(self, window: WindowConfig):
+    self.window = window
+
+  def map(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    w = self.window
+    out = {"lead_mask": batch["lead_mask"], "label": batch["label"]}
+    for v in (1, 2):
+      if f"seg{v}" in batch:
+        x = preprocess.resample_batch(batch[f"seg{v}"], batch["scale"], batch[f"ratio{v}"],
+                                      batch[f"valid{v}"], w.window_samples, batch["k"])
+        out[f"view{v}"] = preprocess.normalize_batch(x, batch["lead_mask"], w.normalize,
+                                                     w.lead_stats)
     return out
 
 
@@ -119,10 +156,14 @@ def make_train_dataset(data_cfg, local_batch: int, seed: int, process_index: int
   ds = ds.random_map(CropViews(window, num_classes, source.spec["label_encoding"], train=True))
   if data_cfg.get("skip_corrupt", False):
     ds = ds.filter(lambda x: x is not None)
-  ds = ds.batch(local_batch, drop_remainder=True)
+  ds = ds.batch(local_batch, drop_remainder=True).map(ResampleViews(window))
   it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=int(data_cfg.read_threads),
                                                prefetch_buffer_size=int(data_cfg.prefetch)))
   if int(data_cfg.num_workers) > 0:
+    # grain's worker processes read absl flags; library callers (tests, notebooks) may
+    # not have parsed any.
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(data_cfg.num_workers)))
   logging.info("train data: %r, window %d samples @ %g Hz, %d leads, local batch %d",
                source, window.window_samples, window.sampling_rate, len(window.leads), local_batch)
@@ -140,4 +181,4 @@ def make_eval_dataset(data_cfg, split: str, batch_size: int, process_index: int 
   ds = ds.map(lambda data: crop.random_map(data, None))
   if data_cfg.get("skip_corrupt", False):
     ds = ds.filter(lambda x: x is not None)
-  return ds.batch(batch_size, drop_remainder=False), source
+  return ds.batch(batch_size, drop_remainder=False).map(ResampleViews(window)), source

@@ -388,22 +388,24 @@ def split_for_index(index: int) -> str:
   return "train" if slot < 8 else ("val" if slot == 8 else "test")
 
 
+def make_record(index: int, seed: int = 0, sampling_rate: float = 500.0,
+                duration_s: float = 10.0) -> EcgRecord:
+  """Record ``index`` of the set: a pure function of (seed, index), so any worker can
+  make any record. Classes are assigned round-robin (balanced)."""
+  rng = np.random.default_rng([int(seed), int(index)])
+  class_index = int(index) % NUM_CLASSES
+  signal, r_peaks = generate_record(rng, class_index, sampling_rate, duration_s)
+  lim = np.iinfo(np.int16)
+  digital = np.clip(np.round(signal * GAIN_ADU_PER_MV), lim.min, lim.max).astype(np.int16)
+  return EcgRecord(
+      record_id=f"syn{int(index):06d}", signal=digital, sampling_rate=float(sampling_rate),
+      leads=STANDARD_LEADS, gain=np.full(len(STANDARD_LEADS), GAIN_ADU_PER_MV),
+      labels=[class_index], split=split_for_index(index), r_peaks=r_peaks,
+      metadata={"class": CLASS_NAMES[class_index]})
+
+
 def generate_records(num_records: int, seed: int = 0, sampling_rate: float = 500.0,
                      duration_s: float = 10.0) -> Iterator[EcgRecord]:
-  """Yields ``num_records`` labelled records, deterministic given ``seed``.
-
-  Record i draws from its own RNG stream (seed, i), so it does not depend on how many
-  records are generated. Classes are assigned round-robin (balanced).
-  """
-  gain = np.full(len(STANDARD_LEADS), GAIN_ADU_PER_MV)
-  lim = np.iinfo(np.int16)
+  """Yields ``num_records`` labelled records, deterministic given ``seed``."""
   for i in range(num_records):
-    rng = np.random.default_rng([int(seed), i])
-    class_index = i % NUM_CLASSES
-    signal, r_peaks = generate_record(rng, class_index, sampling_rate, duration_s)
-    digital = np.clip(np.round(signal * GAIN_ADU_PER_MV), lim.min, lim.max).astype(np.int16)
-    yield EcgRecord(
-        record_id=f"syn{i:06d}", signal=digital, sampling_rate=float(sampling_rate),
-        leads=STANDARD_LEADS, gain=gain.copy(), labels=[class_index],
-        split=split_for_index(i), r_peaks=r_peaks,
-        metadata={"class": CLASS_NAMES[class_index]})
+    yield make_record(i, seed, sampling_rate, duration_s)

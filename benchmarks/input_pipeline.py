@@ -1,0 +1,138 @@
+r"""Two-view input throughput: grain pipeline vs tf.data on the same shards (host only).
+
+  python benchmarks/input_pipeline.py                       # synthetic 12-lead 10 s 500 Hz
+  python benchmarks/input_pipeline.py --data=SHARDS --workers=0,2 --batch=256
+  python benchmarks/input_pipeline.py --tf_python=/path/to/venv-with-tf/bin/python
+
+Prints samples/s (one sample = two augmented-window views of one record, i.e. what a
+training step consumes) and writes benchmarks/results/input_pipeline.json. The tf.data
+baseline does the same work (parse Example, two random crops, 2x decimation + linear
+stretch, per-lead z-score) with AUTOTUNE parallelism; it runs in a separate interpreter so
+TensorFlow never enters ecgjax's environment.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+_TF_BASELINE = r'''
+import glob, json, sys, time
+import tensorflow as tf
+data, batch, seconds, window, threads = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+if threads:
+  tf.config.threading.set_inter_op_parallelism_threads(threads)
+  tf.config.threading.set_intra_op_parallelism_threads(threads)
+files = sorted(glob.glob(data + "/train.tfrecord-*"))
+files = [f for f in files if not f.endswith(".index")]
+spec = {"signal": tf.io.FixedLenFeature([], tf.string), "shape": tf.io.FixedLenFeature([2], tf.int64),
+        "sampling_rate": tf.io.FixedLenFeature([], tf.float32), "r_peaks": tf.io.VarLenFeature(tf.int64)}
+def view(sig, fs):
+  ratio = fs / 250.0 * tf.random.uniform([], 0.9, 1.1)
+  src = tf.cast(tf.math.ceil(window * ratio), tf.int32) + 4
+  n = tf.shape(sig)[1]
+  start = tf.random.uniform([], 0, tf.maximum(n - src, 1), tf.int32)
+  seg = sig[:, start:start + src]
+  seg = (seg[:, 0:-1:2] + seg[:, 1::2]) * 0.5  # 2x boxcar decimation
+  pos = tf.range(window, dtype=tf.float32) * ratio / 2.0
+  i0 = tf.minimum(tf.cast(pos, tf.int32), tf.shape(seg)[1] - 2)
+  frac = pos - tf.cast(i0, tf.float32)
+  y = tf.gather(seg, i0, axis=1) * (1 - frac) + tf.gather(seg, i0 + 1, axis=1) * frac
+  m, v = tf.nn.moments(y, axes=[1], keepdims=True)
+  return (y - m) / (tf.sqrt(v) + 1e-3)
+def parse(raw):
+  ex = tf.io.parse_single_example(raw, spec)
+  sig = tf.reshape(tf.cast(tf.io.decode_raw(ex["signal"], tf.int16), tf.float32) / 1000.0, ex["shape"])
+  return {"view1": view(sig, ex["sampling_rate"]), "view2": view(sig, ex["sampling_rate"])}
+ds = (tf.data.Dataset.from_tensor_slices(files).shuffle(len(files)).interleave(
+    tf.data.TFRecordDataset, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+      .shuffle(1024).repeat().map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+      .batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
+it = iter(ds)
+for _ in range(3): next(it)
+n, t0 = 0, time.time()
+while time.time() - t0 < seconds:
+  b = next(it); n += batch
+print(json.dumps({"tf_version": tf.__version__, "samples_per_s": n / (time.time() - t0)}))
+'''
+
+
+def ensure_shards(path: str, num_records: int) -> str:
+  if os.path.exists(os.path.join(path, "spec.json")):
+    return path
+  from data_pipelines import convert  # pylint: disable=g-import-not-at-top
+  args = convert.build_parser().parse_args([
+      "--format=synthetic", f"--output={path}", f"--num_records={num_records}",
+      "--sampling_rate=500", "--duration_s=10", "--num_shards=8", "--workers=2", "--quiet"])
+  convert.convert(args)
+  return path
+
+
+def grain_samples_per_s(data: str, batch: int, workers: int, threads: int, seconds: float) -> float:
+  import configs.hl as hl  # pylint: disable=g-import-not-at-top
+  from ecgjax.data import pipeline  # pylint: disable=g-import-not-at-top
+  cfg = hl.get_config()
+  cfg.data.path = data
+  cfg.data.num_workers = workers
+  cfg.data.read_threads = threads
+  it = iter(pipeline.make_train_dataset(cfg.data, batch, seed=0))
+  for _ in range(3 if workers == 0 else 2 * workers + 2):
+    next(it)
+  n, t0 = 0, time.time()
+  while time.time() - t0 < seconds:
+    b = next(it)
+    n += b["view1"].shape[0]
+  return n / (time.time() - t0)
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--data", default="/tmp/ecgjax_bench_shards_500hz")
+  p.add_argument("--num_records", type=int, default=2000)
+  p.add_argument("--batch", type=int, default=256)
+  p.add_argument("--workers", default="0,2", help="grain worker processes to try")
+  p.add_argument("--threads", type=int, default=2, help="grain read threads per worker")
+  p.add_argument("--seconds", type=float, default=10.0)
+  p.add_argument("--tf_python", default=None, help="a python with tensorflow installed")
+  p.add_argument("--out", default="benchmarks/results/input_pipeline.json")
+  a = p.parse_args()
+  data = ensure_shards(a.data, a.num_records)
+  spec = json.load(open(os.path.join(data, "spec.json")))
+  results = {"date": datetime.date.today().isoformat(), "host": platform.node(),
+             "cpus": os.cpu_count(), "batch": a.batch, "data": data,
+             "records": spec["num_records"], "rates": spec["sampling_rates"], "grain": {}}
+  for w in [int(x) for x in a.workers.split(",")]:
+    sps = grain_samples_per_s(data, a.batch, w, a.threads, a.seconds)
+    results["grain"][f"workers={w}"] = round(sps, 1)
+    print(f"grain  workers={w} threads={a.threads}: {sps:9.0f} two-view samples/s")
+  if a.tf_python:
+    out = subprocess.run([a.tf_python, "-c", _TF_BASELINE, data, str(a.batch), str(a.seconds),
+                          "1250", "0"], capture_output=True, text=True)
+    if out.returncode:
+      print("tf.data baseline failed:", out.stderr[-2000:])
+    else:
+      tf_res = json.loads(out.stdout.strip().splitlines()[-1])
+      results["tf_data"] = tf_res
+      print(f"tf.data AUTOTUNE (TF {tf_res['tf_version']}): {tf_res['samples_per_s']:9.0f} two-view samples/s")
+  else:
+    print("tf.data baseline skipped (pass --tf_python=PYTHON_WITH_TF)")
+  import grain, jax  # pylint: disable=g-import-not-at-top,multiple-imports
+  results["versions"] = {"grain": grain.__version__ if hasattr(grain, "__version__") else "?",
+                         "numpy": np.__version__, "python": platform.python_version()}
+  os.makedirs(os.path.dirname(a.out), exist_ok=True)
+  with open(a.out, "w") as f:
+    json.dump(results, f, indent=1)
+  print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+  main()
