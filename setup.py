@@ -33,6 +33,7 @@ setup(
     extras_require={
         "dev": ["pytest", "pytest-xdist"],
         "tf": ["tensorflow-cpu"],       # interop tests / tf.data baseline only.
+        "beam": ["apache-beam"],        # data_pipelines.beam_convert (multi-machine conversion).
         "bench": ["torch", "einops"],   # PyTorch reference in benchmarks/ only.
     },
 )

@@ -139,7 +139,7 @@ def _run_group(job):
   return convert_group(*job)
 
 
-def _merge(summaries: Iterable[dict[str, Any]], reader, args, label_encoding) -> dict[str, Any]:
+def merge(summaries: Iterable[dict[str, Any]], reader, args, label_encoding) -> dict[str, Any]:
   splits, rates, label_counts = collections.Counter(), collections.Counter(), {}
   lead_sums = collections.defaultdict(lambda: np.zeros(3))
   shards, rejects = [], []
@@ -191,8 +191,21 @@ def _lead_order(lead_stats: dict[str, Any]) -> list[str]:
   return std + sorted(l for l in lead_stats if l not in STANDARD_LEADS)
 
 
-def convert(args: argparse.Namespace) -> dict[str, Any]:
-  """Runs a (resumable) conversion and returns the written spec."""
+def _remove_stale_temps(output: str) -> None:
+  """Deletes the ``*.tmp-PID`` files a killed run left (never renamed, so never valid)."""
+  for d in (output, os.path.join(output, _GROUPS_DIR)):
+    for name in os.listdir(d):
+      if ".tmp-" in name:
+        logging.info("removing %s left by an interrupted conversion", name)
+        os.remove(os.path.join(d, name))
+
+
+def plan(args: argparse.Namespace):
+  """Checks arguments, records them in the output dir, and splits the work into groups.
+
+  Returns (reader, groups of items, label_encoding, num_classes). Shared by the local
+  runner below and the Beam runner (data_pipelines.beam_convert).
+  """
   if args.format not in FORMATS:
     raise ValueError(f"--format={args.format!r}; expected one of {FORMATS}")
   if args.format != "synthetic" and not (args.input and os.path.exists(args.input)):
@@ -211,12 +224,17 @@ def convert(args: argparse.Namespace) -> dict[str, Any]:
   else:
     with open(fp_path, "w") as f:
       json.dump(fingerprint, f)
-
   reader = make_reader(args)
   items = reader.list_items()
   label_encoding = "multi_hot" if reader.label_type == "multi_hot" else "class_index"
-  num_classes = len(reader.label_names)
   groups = [items[g::args.num_shards] for g in range(args.num_shards)]
+  return reader, groups, label_encoding, len(reader.label_names)
+
+
+def convert(args: argparse.Namespace) -> dict[str, Any]:
+  """Runs a (resumable) conversion and returns the written spec."""
+  reader, groups, label_encoding, num_classes = plan(args)
+  items = [i for g in groups for i in g]
   jobs = [(reader, g_items, g, args, label_encoding, num_classes)
           for g, g_items in enumerate(groups)]
   start = time.time()
@@ -235,7 +253,7 @@ def convert(args: argparse.Namespace) -> dict[str, Any]:
       summaries.append(_run_group(job))
       bar.update(sum(summaries[-1]["counts"].values()) + len(summaries[-1]["rejects"]))
   bar.close()
-  spec = _merge(summaries, reader, args, label_encoding)
+  spec = merge(summaries, reader, args, label_encoding)
   elapsed = time.time() - start
   spec["conversion"] = {"seconds": round(elapsed, 2),
                         "records_per_s": round(len(items) / max(elapsed, 1e-9), 1),
