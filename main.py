@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -25,13 +26,18 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 def _initialize_distributed() -> None:
   """jax.distributed.initialize from flags, the environment (TPU pod, SLURM) or not at all."""
   import jax  # pylint: disable=g-import-not-at-top
+  # CPU collectives across processes (launch.sh --local); must be set before initialize.
+  jax.config.update("jax_cpu_collectives_implementation",
+                    os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION", "gloo"))
   if _COORDINATOR.value:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   elif os.environ.get("ECGJAX_COORDINATOR"):
     jax.distributed.initialize(os.environ["ECGJAX_COORDINATOR"],
                                int(os.environ["ECGJAX_NUM_PROCESSES"]),
                                int(os.environ["ECGJAX_PROCESS_ID"]))
-  elif os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("SLURM_NTASKS", "1") != "1":
+  elif (os.environ.get("ECGJAX_DISTRIBUTED") == "auto" or os.environ.get("TPU_WORKER_HOSTNAMES")
+        or os.environ.get("SLURM_NTASKS", "1") != "1"):
+    # No arguments: JAX reads them from the TPU metadata server / SLURM variables.
     jax.distributed.initialize()
 
 
@@ -42,6 +48,29 @@ def main(argv) -> None:
   if config is None:
     raise app.UsageError("--config is required, e.g. --config=configs/hl.py:demo")
   _initialize_distributed()
+  try:
+    _run_job(config)
+  except (Exception, KeyboardInterrupt):
+    _exit_now_if_multiprocess()
+    raise
+
+
+def _exit_now_if_multiprocess() -> None:
+  """After a failure in one of several processes, exit at once with status 1.
+
+  A normal exit runs jax.distributed.shutdown, which waits (minutes) for the other
+  processes; they are blocked in a collective with this one, so the job would hang
+  instead of failing. The launcher (launch.sh, srun --kill-on-bad-exit) stops the rest.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_count() > 1:
+    logging.exception("process %d of %d failed", jax.process_index(), jax.process_count())
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)  # pylint: disable=protected-access
+
+
+def _run_job(config) -> None:
   job = config.get("job", "pretrain")
   if job == "pretrain":
     if not _WORKDIR.value:
@@ -55,11 +84,14 @@ def main(argv) -> None:
   elif job == "probe":
     from ecgjax import probe  # pylint: disable=g-import-not-at-top
     probe.run(config, _WORKDIR.value)
+  elif job == "finetune":
+    from ecgjax import finetune  # pylint: disable=g-import-not-at-top
+    finetune.run(config, _WORKDIR.value)
   elif job == "export":
     from ecgjax import export  # pylint: disable=g-import-not-at-top
     export.run(config)
   else:
-    raise app.UsageError(f"config.job={job!r}; expected pretrain, probe or export")
+    raise app.UsageError(f"config.job={job!r}; expected pretrain, probe, finetune or export")
 
 
 if __name__ == "__main__":

@@ -112,5 +112,5 @@ def base(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.synthetic.num_shards = 4
     c.optim.lr = 1e-3
     c.optim.warmup_steps = 40
-    c.probe_at_end = False
+    c.probe_at_end = True     # export + linear probe (pretrained vs random) at the end.
   return c

@@ -222,8 +222,11 @@ def plan(args: argparse.Namespace):
       raise ValueError(f"{args.output} holds a conversion with other settings {previous}; "
                        "use a new --output directory")
   else:
-    with open(fp_path, "w") as f:
+    tmp = fp_path + f".tmp-{os.getpid()}"  # a kill mid-write must not block the re-run.
+    with open(tmp, "w") as f:
       json.dump(fingerprint, f)
+    os.replace(tmp, fp_path)
+  _remove_stale_temps(args.output)
   reader = make_reader(args)
   items = reader.list_items()
   label_encoding = "multi_hot" if reader.label_type == "multi_hot" else "class_index"

@@ -4,18 +4,195 @@
   (lowest training loss at save time);
 * restore onto any mesh: the abstract target carries the *current* shardings;
 * the grain iterator state is saved beside the model, so a resumed job reads exactly the
-  batch an uninterrupted job would have read (never re-seeded).
+  batch an uninterrupted job would have read (never re-seeded);
+* every finalised step is sealed with ``ecgjax_integrity.json`` (size + crc32c of each file):
+  Orbax/TensorStore read a bit-flipped or partly truncated OCDBT data file without error,
+  so restore checks the seal and falls back to the previous step on any mismatch;
+* a failing save is retried; the workdir is probed (writable, free space) before compile.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
+import threading
+import time
 from typing import Any
 
+import crc32c
 import grain
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
+
+
+INTEGRITY_FILE = "ecgjax_integrity.json"
+_SEALED_ITEMS = ("state", "data_iter")  # Orbax may rewrite its step-level metadata later.
+_SAVE_RETRIES = 3
+_RETRY_BACKOFF_S = 2.0
+
+
+class CheckpointError(IOError):
+  """A checkpoint is unreadable, fails its integrity seal, or could not be written."""
+
+
+class WorkdirError(OSError):
+  """The workdir cannot hold checkpoints: not writable, or too little free space."""
+
+
+def _is_local(path: str) -> bool:
+  return "://" not in str(path)
+
+
+def step_dir(manager: ocp.CheckpointManager, step: int) -> str:
+  return os.path.join(str(manager.directory), str(step))
+
+
+def _digest(path: str) -> tuple[int, int]:
+  """(size, crc32c) of a file, streamed in 8 MiB chunks."""
+  crc, size = 0, 0
+  with open(path, "rb") as f:
+    while chunk := f.read(8 << 20):
+      crc = crc32c.crc32c(chunk, crc)
+      size += len(chunk)
+  return size, crc
+
+
+def _item_files(path: str) -> list[str]:
+  out = []
+  for item in _SEALED_ITEMS:
+    for root, _, files in os.walk(os.path.join(path, item)):
+      out += [os.path.relpath(os.path.join(root, f), path) for f in files]
+  return sorted(out)
+
+
+def seal(path: str) -> None:
+  """Writes the integrity manifest of a finalised step directory (atomically)."""
+  files = {f: list(_digest(os.path.join(path, f))) for f in _item_files(path)}
+  tmp = os.path.join(path, f".{INTEGRITY_FILE}.tmp-{os.getpid()}")
+  with open(tmp, "w") as f:
+    json.dump({"version": 1, "files": files}, f)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, os.path.join(path, INTEGRITY_FILE))
+
+
+def verify(path: str) -> bool:
+  """True if ``path`` matches its seal, False if it has none; raises CheckpointError if not.
+
+  Unsealed steps come from older versions or a kill between Orbax's final rename and the
+  seal (milliseconds); they are restored on Orbax's own checks, with a warning.
+  """
+  manifest = os.path.join(path, INTEGRITY_FILE)
+  if not os.path.exists(manifest):
+    return False
+  try:
+    with open(manifest) as f:
+      files = json.load(f)["files"]
+  except (OSError, ValueError, KeyError) as e:
+    raise CheckpointError(f"checkpoint {path}: unreadable {INTEGRITY_FILE} ({e})") from e
+  for rel, (size, crc) in sorted(files.items()):
+    full = os.path.join(path, rel)
+    if not os.path.exists(full):
+      raise CheckpointError(f"checkpoint {path}: {rel} is missing")
+    got_size, got_crc = _digest(full)
+    if got_size != size:
+      raise CheckpointError(f"checkpoint {path}: {rel} has {got_size} bytes, sealed with "
+                            f"{size} (truncated or rewritten)")
+    if got_crc != crc:
+      raise CheckpointError(f"checkpoint {path}: {rel} fails its crc32c (corrupted bytes)")
+  extra = sorted(set(_item_files(path)) - set(files))
+  if extra:
+    logging.warning("checkpoint %s: files not in its seal (ignored): %s", path, extra[:5])
+  return True
+
+
+class Manager(ocp.CheckpointManager):
+  """Orbax manager that seals each step once it is final (async saves included).
+
+  A poller thread seals a step as soon as Orbax renames its directory into place;
+  wait_until_finished() seals whatever is still pending, so a clean exit leaves every
+  step sealed. Only process 0 seals, and only on local (POSIX) paths.
+  """
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self._pending: list[int] = []
+    self._seal_lock = threading.Lock()
+    self._poller: threading.Thread | None = None
+    self._closed = threading.Event()
+
+  def seal_when_final(self, step: int) -> None:
+    if jax.process_index() != 0 or not _is_local(str(self.directory)):
+      return
+    with self._seal_lock:
+      self._pending.append(step)
+    if self._poller is None or not self._poller.is_alive():
+      self._poller = threading.Thread(target=self._poll, daemon=True, name="ckpt_seal")
+      self._poller.start()
+
+  def _poll(self) -> None:
+    while not self._closed.is_set() and self._seal_pending(final=False):
+      time.sleep(0.02)
+
+  def _seal_pending(self, final: bool) -> bool:
+    """Seals the pending steps that are final; returns whether any are left."""
+    with self._seal_lock:
+      for s in list(self._pending):
+        path = step_dir(self, s)
+        if os.path.isdir(path):
+          try:
+            seal(path)
+          except FileNotFoundError:  # deleted meanwhile by the preservation policy.
+            pass
+          except OSError as e:
+            logging.error("could not seal checkpoint %s: %s", path, e)
+          self._pending.remove(s)
+        elif final:  # the save failed: nothing to seal.
+          self._pending.remove(s)
+      return bool(self._pending)
+
+  def wait_until_finished(self):
+    try:
+      super().wait_until_finished()
+    finally:
+      self._seal_pending(final=True)
+
+  def close(self):
+    try:
+      super().close()
+    finally:
+      self._closed.set()
+
+
+def check_workdir(workdir: str) -> None:
+  """Fails fast when ``workdir`` cannot be created or written (before anything compiles)."""
+  if not _is_local(workdir):
+    return
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write_probe-{os.getpid()}")
+    with open(probe, "wb") as f:
+      f.write(b"\0" * 4096)
+      f.flush()
+      os.fsync(f.fileno())
+    os.remove(probe)
+  except OSError as e:
+    raise WorkdirError(f"workdir {workdir!r} is not writable: {e.strerror or e} "
+                       f"({type(e).__name__}); choose another --workdir or fix its "
+                       "permissions / mount") from e
+
+
+def check_free_space(workdir: str, need_bytes: int) -> None:
+  """Fails fast when the workdir's file system cannot hold one more checkpoint."""
+  if not _is_local(workdir):
+    return
+  free = shutil.disk_usage(workdir).free
+  if free < need_bytes:
+    raise WorkdirError(f"workdir {workdir!r} has {free / 2**20:.1f} MiB free but one "
+                       f"checkpoint needs about {need_bytes / 2**20:.1f} MiB; free space or "
+                       "choose another --workdir")
 
 
 def make_manager(ckpt_dir: str, cfg) -> ocp.CheckpointManager:
@@ -31,17 +208,37 @@ def make_manager(ckpt_dir: str, cfg) -> ocp.CheckpointManager:
       create=True,
       cleanup_tmp_directories=True,
   )
-  return ocp.CheckpointManager(os.path.abspath(ckpt_dir), options=options,
-                               item_names=("state", "data_iter"))
+  return Manager(os.path.abspath(ckpt_dir), options=options, item_names=("state", "data_iter"))
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any,
          data_iter: grain.DatasetIterator | None, metrics: dict[str, float] | None = None,
-         force: bool = False) -> bool:
+         force: bool = False, retries: int = _SAVE_RETRIES) -> bool:
+  """Starts a (possibly async) save of ``step``; retries with backoff when it fails.
+
+  An async save that failed in the background surfaces here, on the next save: it is
+  reported and this (newer) state is saved instead. After ``retries`` failures the error
+  propagates; the older checkpoints stay in place.
+  """
   items = {"state": ocp.args.StandardSave(state)}
   if data_iter is not None:
     items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
-  return manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=force)
+  for attempt in range(retries + 1):
+    try:
+      saved = manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=force)
+      break
+    except Exception as e:  # pylint: disable=broad-except
+      if isinstance(e, ocp.checkpoint_manager.StepAlreadyExistsError):
+        raise
+      logging.error("checkpoint save of step %d in %s failed (attempt %d of %d): %s: %s",
+                    step, manager.directory, attempt + 1, retries + 1, type(e).__name__, e)
+      if attempt == retries:
+        raise CheckpointError(f"could not save step {step} to {step_dir(manager, step)} after "
+                              f"{retries + 1} attempts: {e}") from e
+      time.sleep(_RETRY_BACKOFF_S * 2**attempt)
+  if saved and isinstance(manager, Manager):
+    manager.seal_when_final(step)
+  return saved
 
 
 def _iter_state_file(manager: ocp.CheckpointManager, step: int) -> str:
@@ -51,37 +248,72 @@ def _iter_state_file(manager: ocp.CheckpointManager, step: int) -> str:
 
 def restore(manager: ocp.CheckpointManager, abstract_state: Any,
             data_iter: grain.DatasetIterator | None,
-            step: int | None = None) -> tuple[int, Any, bool] | None:
+            step: int | None = None,
+            quarantine: bool = False) -> tuple[int, Any, bool] | None:
   """Restores ``step`` (default: the latest readable one) into ``abstract_state``.
 
   Returns (step, state, iterator_restored) or None when there is no checkpoint. The
   shardings inside ``abstract_state`` decide the layout, so any mesh works. ``data_iter``
   is restored in place when this process count saved a state for it; otherwise (the job
   was restarted with another process count) only the model is restored and the caller
-  decides how to continue the input. A step that fails to restore (truncated,
-  half-deleted) is reported with its path and the previous step is tried.
+  decides how to continue the input. A step that fails its seal or Orbax's restore
+  (truncated, bit-flipped, half-deleted) is reported with its path and the previous step
+  is tried; if none is readable this raises CheckpointError rather than start over.
+  ``quarantine`` (the trainer, which will write those step numbers again) moves the
+  unreadable newer steps to ``<dir>_unreadable/``; readers (export, probe) leave them.
   """
   steps = sorted(manager.all_steps(), reverse=True) if step is None else [step]
+  failures = []
   for s in steps:
+    path = step_dir(manager, s)
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     with_iter = data_iter is not None and os.path.exists(_iter_state_file(manager, s))
     if with_iter:
       items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
     try:
+      if not verify(path) and _is_local(path):
+        logging.warning("checkpoint %s has no %s (older version, or killed while sealing): "
+                        "restoring it on Orbax's own checks", path, INTEGRITY_FILE)
       restored = manager.restore(s, args=ocp.args.Composite(**items))
     except Exception as e:  # pylint: disable=broad-except
-      path = os.path.join(str(manager.directory), str(s))
       logging.error("checkpoint %s is unreadable (%s: %s); falling back to an older one",
                     path, type(e).__name__, e)
       if step is not None:
         raise
+      failures.append((path, f"{path}: {type(e).__name__}: {e}"))
       continue
+    if failures:
+      logging.warning("resuming from %s, skipped %d unreadable newer checkpoint(s)", path,
+                      len(failures))
+      if quarantine:
+        _quarantine(manager, [p for p, _ in failures])
     if data_iter is not None and not with_iter:
       logging.warning("checkpoint %d has no data-iterator state for %d processes "
                       "(saved with another process count): restored the model only", s,
                       jax.process_count())
     return s, restored["state"], with_iter
+  if failures:
+    # Starting from scratch beside unreadable checkpoints would silently drop the run.
+    raise CheckpointError(f"no readable checkpoint in {manager.directory}:\n  " +
+                          "\n  ".join(m for _, m in failures))
   return None
+
+
+def _quarantine(manager: ocp.CheckpointManager, paths: list[str]) -> None:
+  """Moves unreadable steps out of the way (kept for forensics, not deleted).
+
+  The resumed run will save those step numbers again, which Orbax refuses while the
+  broken directories are still there.
+  """
+  if jax.process_index() != 0:
+    return
+  dest_dir = str(manager.directory).rstrip("/") + "_unreadable"
+  os.makedirs(dest_dir, exist_ok=True)
+  for path in paths:
+    dest = os.path.join(dest_dir, f"{os.path.basename(path)}-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(path, dest)
+    logging.warning("moved unreadable checkpoint %s to %s", path, dest)
+  manager.reload()
 
 
 def abstract_with_shardings(state: Any, shardings: Any) -> Any:

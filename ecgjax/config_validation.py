@@ -1,15 +1,18 @@
 """Checks a training config before anything is compiled; errors name the field."""
 from __future__ import annotations
 
+import difflib
 import os
 
 import jax
+import ml_collections
 
 from ecgjax.data.records import STANDARD_LEADS
+from ecgjax.models import signal_transformer
 from ecgjax.sharding import MESH_AXES, resolve_mesh_shape
 
 _NORMALIZE = ("record", "dataset", "none")
-_REMAT = ("none", "full", "dots_saveable", "minimal")
+_EXTRA_TOP_LEVEL = ("job",)  # main.py's dispatch key.
 
 
 class ConfigError(ValueError):
@@ -39,9 +42,52 @@ def num_patches(config) -> int:
   return int(round(window)) // p
 
 
-def validate(config, num_devices: int | None = None) -> None:
-  """Raises ConfigError on the first bad field; call before building the model."""
+def unknown_keys(config, reference) -> list[tuple[str, list[str]]]:
+  """[(dotted key, known sibling keys)] for keys of ``config`` that ``reference`` lacks.
+
+  ml_collections rejects unknown --config.x overrides, but a config *file* may set any
+  key; a typo there (optim.learning_rate) would otherwise be silently ignored.
+  """
+  out = []
+
+  def walk(c, r, prefix):
+    for k in c.keys():
+      if k not in r:
+        if not (prefix == "" and k in _EXTRA_TOP_LEVEL):
+          out.append((prefix + k, sorted(r.keys())))
+      elif isinstance(c[k], ml_collections.ConfigDict) and isinstance(r[k], ml_collections.ConfigDict):
+        walk(c[k], r[k], f"{prefix}{k}.")
+
+  walk(config, reference, "")
+  return out
+
+
+def _reference_config(config) -> ml_collections.ConfigDict | None:
+  try:
+    from configs import common  # pylint: disable=g-import-not-at-top
+  except ImportError:  # installed without the configs package: nothing to compare with.
+    return None
+  size = config.get("model_size")
+  return common.base(size if size in common.SIZES else None)
+
+
+def validate(config, num_devices: int | None = None, reference=None) -> None:
+  """Raises ConfigError on the first bad field; call before building the model.
+
+  ``reference``: the config whose keys are the allowed ones (default: configs.common.base).
+  """
   num_devices = jax.device_count() if num_devices is None else num_devices
+  reference = _reference_config(config) if reference is None else reference
+  if reference is not None:
+    for key, known in unknown_keys(config, reference):
+      leaf = key.rsplit(".", 1)[-1]
+      close = difflib.get_close_matches(leaf, known, n=1)
+      hint = f"did you mean {key.rsplit('.', 1)[0] + '.' if '.' in key else ''}{close[0]}? " if close else ""
+      parent = key.rsplit(".", 1)[0] if "." in key else "<top level>"
+      raise ConfigError(f"config.{key}: unknown key ({hint}keys allowed under {parent}: "
+                        f"{', '.join(known)})")
+  _check(config.model_size in signal_transformer.SIZES, "model_size",
+         f"{config.model_size!r} not in {tuple(signal_transformer.SIZES)}")
   _check(config.objective in ("hl", "mae", "simclr"), "objective",
          f"{config.objective!r} not in ('hl', 'mae', 'simclr')")
   for f in ("total_steps", "global_batch", "log_every", "checkpoint_every", "keep_checkpoints",
@@ -62,6 +108,9 @@ def validate(config, num_devices: int | None = None) -> None:
          f"{accum}: the per-device batch {config.global_batch // dp} must divide into it")
   d = config.data
   _check(d.sampling_rate > 0, "data.sampling_rate", f"must be > 0, got {d.sampling_rate}")
+  _check(d.window_s > 0, "data.window_s", f"must be > 0, got {d.window_s}")
+  for f in ("num_workers", "read_threads", "prefetch", "device_prefetch"):
+    _check(int(d[f]) >= 0, f"data.{f}", f"must be >= 0, got {d[f]}")
   num_patches(config)
   unknown = [l for l in d.leads if l not in STANDARD_LEADS]
   _check(not unknown and len(set(d.leads)) == len(d.leads) and d.leads, "data.leads",
@@ -81,6 +130,13 @@ def validate(config, num_devices: int | None = None) -> None:
          f"mae_weight={l.mae_weight}, contrastive_weight={l.contrastive_weight}: "
          "need non-negative weights, not both zero")
   _check(l.temperature > 0, "loss.temperature", f"must be > 0, got {l.temperature}")
-  _check(config.model.remat in _REMAT, "model.remat", f"{config.model.remat!r} not in {_REMAT}")
+  _check(config.model.remat in signal_transformer.REMAT_POLICIES, "model.remat",
+         f"{config.model.remat!r} not in {signal_transformer.REMAT_POLICIES}")
+  try:  # widths, heads, dtype... as the model will see them (no arrays are built).
+    signal_transformer.model_config(config.model_size, **{
+        **dict(config.model), "num_leads": len(d.leads), "patch_size": patch_size(config),
+        "max_patches": num_patches(config)})
+  except (KeyError, ValueError, TypeError) as e:
+    raise ConfigError(f"config.model: {e}") from e
   o = config.optim
   _check(o.lr > 0 and 0 <= o.warmup_steps, "optim.lr", f"lr {o.lr} must be > 0")

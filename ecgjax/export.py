@@ -83,6 +83,7 @@ def export_config(cfg: ml_collections.ConfigDict, step: int, source: str, init: 
       "leads": list(cfg.data.leads),
       "patch_ms": float(cfg.patch_ms),
       "window_s": float(cfg.data.window_s),
+      "pre_r_s": float(cfg.data.get("pre_r_s", 0.25)),  # eval-mode window start.
       "normalize": cfg.data.normalize,
       "lead_stats": spec_stats,
       "units": "mV",
@@ -113,8 +114,11 @@ def load_model(export_dir: str):
   with open(os.path.join(export_dir, CONFIG_FILE)) as f:
     export_cfg = json.load(f)
   mcfg = ml_collections.ConfigDict(export_cfg["model"])
-  with nnx.use_eager_sharding(False):
-    model = st.SignalTransformer(mcfg, rngs=nnx.Rngs(0))
+  # Shapes only (eager random init compiles one small program per parameter shape); the
+  # rules keep eval_shape from sharding by logical names when a global mesh is set.
+  replicated = tuple((a, None) for a in st.LOGICAL_AXES)
+  with nnx.use_eager_sharding(False), nnx.logical_axis_rules(replicated):
+    model = nnx.eval_shape(lambda: st.SignalTransformer(mcfg, rngs=nnx.Rngs(0)))
   flat = load_params(export_dir)
   params = nnx.state(model, nnx.Param)
   pure = nnx.to_pure_dict(params)

@@ -32,6 +32,7 @@ from ecgjax import metrics as metrics_lib
 from ecgjax import sharding
 from ecgjax.data import augment
 from ecgjax.data import pipeline
+from ecgjax.data import source as source_lib
 from ecgjax.models import signal_transformer as st
 from ecgjax.objectives import hybrid
 
@@ -65,7 +66,8 @@ def make_optimizer(o, total_steps: int) -> optax.GradientTransformation:
       optax.clip_by_global_norm(o.clip_norm),
       optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask))
   # Skips (and counts) updates whose gradients are not finite; the loop stops the run
-  # after max_bad_steps in a row. Its counters live in the optimizer state (checkpointed).
+  # after max_bad_steps in a row. Its counters live in the optimizer state (checkpointed)
+  # and come back from the step as metrics (see _nonfinite_metrics).
   return optax.apply_if_finite(tx, max_consecutive_errors=2**30), schedule
 
 
@@ -128,21 +130,37 @@ def train_step(graphdef, state, batch: dict[str, jax.Array], step: jax.Array, *,
   grad_norm = optax.global_norm(grads)
   optimizer.update(model, grads)
   metrics = dict(aux)
-  metrics.update(loss=loss, grad_norm=grad_norm,
-                 bad_step=1.0 - jnp.isfinite(grad_norm).astype(jnp.float32))
+  metrics.update(loss=loss, grad_norm=grad_norm, **_nonfinite_metrics(optimizer))
   return nnx.state((model, optimizer)), metrics
 
 
-def _finite_counters(opt_state) -> tuple[int, int]:
-  """(consecutive, total) non-finite steps from optax.apply_if_finite's state."""
-  leaves = jax.tree_util.tree_leaves_with_path(opt_state)
-  found = {}
-  for path, leaf in leaves:
-    name = jax.tree_util.keystr(path)
-    for key in ("notfinite_count", "total_notfinite"):
-      if name.endswith(f"{key}']") or name.endswith(f".{key}") or key in name.split("'")[-2:]:
-        found[key] = int(jax.device_get(leaf))
-  return found.get("notfinite_count", 0), found.get("total_notfinite", 0)
+def _nonfinite_metrics(optimizer: nnx.Optimizer) -> dict[str, jax.Array]:
+  """apply_if_finite's counters after this update, found by type rather than state paths.
+
+  bad_step: this update was skipped; bad_streak: skipped in a row (what max_bad_steps
+  limits); bad_steps_total: skipped since step 0 (checkpointed, so it survives resumes).
+  """
+  s = optimizer.opt_state
+  if not isinstance(s, optax.ApplyIfFiniteState):
+    raise TypeError("the optimizer must be wrapped in optax.apply_if_finite; its state is "
+                    f"{type(s).__name__}")
+  streak = jnp.asarray(s.notfinite_count[...])
+  return {"bad_step": (streak > 0).astype(jnp.float32), "bad_streak": streak.astype(jnp.float32),
+          "bad_steps_total": jnp.asarray(s.total_notfinite[...]).astype(jnp.float32)}
+
+
+# How each metric is reduced over a logging window (default: mean).
+_WINDOW_MAX = ("bad_streak",)
+_WINDOW_LAST = ("bad_steps_total",)
+
+
+def _accumulate(sums: dict[str, jax.Array] | None, m: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  if sums is None:
+    return dict(m)
+  out = {}
+  for k, v in m.items():
+    out[k] = jnp.maximum(sums[k], v) if k in _WINDOW_MAX else v if k in _WINDOW_LAST else sums[k] + v
+  return out
 
 
 class _Preemption:
@@ -211,7 +229,7 @@ def flops_per_step(config) -> float:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (resuming from workdir if possible); returns the final metrics."""
   config_validation.validate(config)
-  os.makedirs(workdir, exist_ok=True)
+  ckpt_lib.check_workdir(workdir)
   demo_data.resolve_data_path(config, workdir)
   mesh = sharding.make_mesh(config.mesh)
   metrics_lib.log("mesh %s over %d devices (%s), %d processes", dict(mesh.shape),
@@ -223,7 +241,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   graphdef, state, shardings, schedule = create_state(config, mesh)
   params = nnx.state(nnx.merge(graphdef, state)[0], nnx.Param)
   n_params = sum(x.size for x in jax.tree.leaves(params))
-  jax.set_mesh(mesh)
+  # Room for one more (uncompressed) checkpoint, checked before anything compiles.
+  ckpt_lib.check_free_space(workdir, sum(x.nbytes for x in jax.tree.leaves(state)) + (16 << 20))
+  # No global jax.set_mesh: every array and the step carry explicit NamedShardings, and a
+  # process-wide mesh would leak into callers (probe/fine-tune jobs in the same process).
   metrics_lib.log("model %s: %.2fM params", config.model_size, n_params / 1e6)
 
   local_batch = config.global_batch // jax.process_count()
@@ -235,7 +256,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   manager = ckpt_lib.make_manager(os.path.join(workdir, "checkpoints"), config)
   start_step = 0
   restored = ckpt_lib.restore(manager, ckpt_lib.abstract_with_shardings(state, shardings),
-                              data_iter)
+                              data_iter, quarantine=True)
   if restored is not None:
     start_step, state, iter_restored = restored
     metrics_lib.log("resumed from step %d in %s", start_step, manager.directory)
@@ -264,11 +285,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         batch = next(data_iter)
         state, m = compiled(state, batch, jnp.asarray(step, jnp.int32))
         step += 1
-        sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
+        sums = _accumulate(sums, m)
         n_summed += 1
         if step % config.log_every == 0 or step == config.total_steps:
-          host = {k: float(v) / n_summed for k, v in jax.device_get(sums).items()}
+          host = {k: float(v) if k in _WINDOW_MAX + _WINDOW_LAST else float(v) / n_summed
+                  for k, v in jax.device_get(sums).items()}
           host["bad_steps"] = host.pop("bad_step") * n_summed
+          if config.data.get("skip_corrupt", False):
+            host["skipped_records"] = float(source_lib.skipped_records())
           sums, n_summed = None, 0
           dt = (time.time() - t_log) / max(step - step_log, 1)
           t_log, step_log = time.time(), step
@@ -280,20 +304,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           metrics_lib.log(metrics_lib.progress_line(step, config.total_steps, host,
                                                      dt * (config.total_steps - step)))
           last = host
-          consecutive, _ = _finite_counters(state)
-          if consecutive >= config.max_bad_steps:
+          if host["bad_streak"] >= config.max_bad_steps:
+            # Skipped updates leave the params as they were: this saves the last good state.
             ckpt_lib.save(manager, step, state, data_iter, force=True)
             manager.wait_until_finished()
             raise NonFiniteError(
-                f"{consecutive} consecutive steps with non-finite loss/gradients at step {step} "
-                f"(config.max_bad_steps={config.max_bad_steps}); their updates were skipped and "
-                f"the last good state is saved in {manager.directory}")
+                f"{int(host['bad_streak'])} consecutive steps with non-finite loss/gradients by "
+                f"step {step} (config.max_bad_steps={config.max_bad_steps}); their updates were "
+                f"skipped and the last good state is saved in {ckpt_lib.step_dir(manager, step)}")
         if plotter and (step % config.plot_every == 0 or step == config.total_steps):
           plotter(step, state)
         save_now = step % config.checkpoint_every == 0 or step == config.total_steps
         if save_now or preempt.requested.is_set():
+          loss = float(last.get("loss", np.inf))  # a NaN would confuse the best-N policy.
           ckpt_lib.save(manager, step, state, data_iter,
-                        metrics={"loss": float(last.get("loss", np.inf))}, force=True)
+                        metrics={"loss": loss if np.isfinite(loss) else np.inf}, force=True)
         if preempt.requested.is_set():
           metrics_lib.log("SIGTERM: saved step %d, exiting", step)
           break

@@ -143,6 +143,20 @@ def open_split(data_cfg, split: str) -> ShardedSource:
   return ShardedSource(data_cfg.path, split, skip_corrupt=bool(data_cfg.get("skip_corrupt", False)))
 
 
+def process_records(source, seed: int | None, process_index: int = 0,
+                    process_count: int = 1) -> grain.MapDataset:
+  """The serialized records this JAX process reads, in order.
+
+  With a seed: the seeded global shuffle, repeated; process p takes elements p, p + n, ...
+  of it, so each epoch of the global order is split disjointly and completely over the n
+  processes. Without a seed: one pass in storage order (eval), split the same way.
+  """
+  ds = grain.MapDataset.source(source)
+  if seed is not None:
+    ds = ds.seed(seed).shuffle().repeat()
+  return ds[process_index::process_count]
+
+
 def make_train_dataset(data_cfg, local_batch: int, seed: int, process_index: int = 0,
                        process_count: int = 1, split: str | None = None) -> grain.IterDataset:
   """Infinite, seeded, per-process dataset of two-view batches."""
@@ -151,14 +165,18 @@ def make_train_dataset(data_cfg, local_batch: int, seed: int, process_index: int
     raise ValueError(f"{source!r} has fewer records than JAX processes ({process_count})")
   window = WindowConfig.from_config(data_cfg, source.spec)
   num_classes = len(source.spec["label_names"])
-  ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
-  ds = ds[process_index::process_count]
+  ds = process_records(source, seed, process_index, process_count)
   ds = ds.random_map(CropViews(window, num_classes, source.spec["label_encoding"], train=True))
+  read = grain.ReadOptions(num_threads=int(data_cfg.read_threads),
+                           prefetch_buffer_size=int(data_cfg.prefetch))
   if data_cfg.get("skip_corrupt", False):
-    ds = ds.filter(lambda x: x is not None)
-  ds = ds.batch(local_batch, drop_remainder=True).map(ResampleViews(window))
-  it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=int(data_cfg.read_threads),
-                                               prefetch_buffer_size=int(data_cfg.prefetch)))
+    # grain cannot batch a filtered MapDataset: drop skipped records on the iterator, so
+    # batches keep their fixed size.
+    it_ds = ds.to_iter_dataset(read).filter(lambda x: x is not None)
+    it_ds = it_ds.batch(local_batch, drop_remainder=True).map(ResampleViews(window))
+  else:
+    it_ds = ds.batch(local_batch, drop_remainder=True).map(ResampleViews(window))
+    it_ds = it_ds.to_iter_dataset(read)
   if int(data_cfg.num_workers) > 0:
     # grain's worker processes read absl flags; library callers (tests, notebooks) may
     # not have parsed any.
@@ -176,9 +194,16 @@ def make_eval_dataset(data_cfg, split: str, batch_size: int, process_index: int 
   source = open_split(data_cfg, split)
   window = WindowConfig.from_config(data_cfg, source.spec)
   num_classes = len(source.spec["label_names"])
-  ds = grain.MapDataset.source(source)[process_index::process_count]
+  ds = process_records(source, None, process_index, process_count)
   crop = CropViews(window, num_classes, source.spec["label_encoding"], train=False)
   ds = ds.map(lambda data: crop.random_map(data, None))
-  if data_cfg.get("skip_corrupt", False):
-    ds = ds.filter(lambda x: x is not None)
-  return ds.batch(batch_size, drop_remainder=False).map(ResampleViews(window)), source
+  # Records skipped as corrupt (None) are dropped inside their batch, which then is shorter.
+  return ds.batch(batch_size, drop_remainder=False, batch_fn=_stack_valid).map(
+      ResampleViews(window)), source
+
+
+def _stack_valid(elements):
+  valid = [e for e in elements if e is not None]
+  if not valid:
+    raise ValueError(f"all {len(elements)} records of an eval batch were skipped as corrupt")
+  return {k: np.stack([e[k] for e in valid]) for k in valid[0]}

@@ -3,17 +3,81 @@
 Each shard has an offset index written at conversion, so record ``i`` of the split is one
 ``pread`` + CRC check: this is what gives a seeded global shuffle and exact resume
 (grain's own TFRecord reader is sequential only).
+
+With ``skip_corrupt`` a bad record (CRC, truncated frame), a truncated shard or a shard
+missing from the directory is skipped and counted instead of stopping the job. grain runs
+the source in worker processes, so the count is kept in one small file per process under
+a directory made by the process that built the source; :func:`skipped_records` sums them
+(the trainer logs it as ``skipped_records``).
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
+import tempfile
 import threading
 
 import numpy as np
 
 from ecgjax.data import spec as spec_lib
 from ecgjax.data import tfrecord
+
+
+class _SkipCounter:
+  """Skipped-record count shared by the processes that read one source (see module doc)."""
+
+  def __init__(self):
+    self.dir = tempfile.mkdtemp(prefix="ecgjax_skipped_")
+    self._owner = os.getpid()
+    self._pid, self._count = self._owner, 0
+    _COUNTERS.append(self)
+    atexit.register(self.cleanup)
+
+  def __getstate__(self):
+    return {"dir": self.dir, "_owner": self._owner, "_pid": None, "_count": 0}
+
+  def add(self, n: int = 1) -> int:
+    """Adds to this process's count (skips are rare: a file rewrite each is fine)."""
+    if self._pid != os.getpid():  # a forked or spawned worker starts its own count.
+      self._pid, self._count = os.getpid(), 0
+    self._count += n
+    path = os.path.join(self.dir, str(self._pid))
+    try:
+      with open(path + ".tmp", "w") as f:
+        f.write(str(self._count))
+      os.replace(path + ".tmp", path)
+    except OSError as e:  # counting must never stop the job.
+      logging.warning("could not record a skipped-record count in %s: %s", self.dir, e)
+    return self._count
+
+  def total(self) -> int:
+    n = 0
+    try:
+      names = os.listdir(self.dir)
+    except OSError:
+      return 0
+    for name in names:
+      if name.isdigit():
+        try:
+          with open(os.path.join(self.dir, name)) as f:
+            n += int(f.read() or 0)
+        except (OSError, ValueError):
+          pass
+    return n
+
+  def cleanup(self) -> None:
+    if os.getpid() == self._owner:
+      shutil.rmtree(self.dir, ignore_errors=True)
+
+
+_COUNTERS: list[_SkipCounter] = []
+
+
+def skipped_records() -> int:
+  """Records skipped so far by every skipping source this process built (all workers)."""
+  return sum(c.total() for c in _COUNTERS)
 
 
 class ShardedSource:
@@ -31,8 +95,12 @@ class ShardedSource:
     self.verify_crc = verify_crc
     self.spec = spec_lib.load(data_dir)
     self.paths, offsets = [], []
-    for path, count in spec_lib.shards_for_split(self.spec, data_dir, split):
-      index = tfrecord.read_index(path)
+    self._skips = _SkipCounter() if skip_corrupt else None
+    for path, count in self._shards():
+      index = tfrecord.read_index(path, check_size=not skip_corrupt)
+      if index[-1] > os.path.getsize(path):
+        logging.error("shard %s is truncated at %d bytes (its index says %d): its records "
+                      "past that point will be skipped", path, os.path.getsize(path), index[-1])
       if index.size - 1 != count:
         raise spec_lib.SpecError(
             f"shard {path} holds {index.size - 1} records but {spec_lib.SPEC_FILE} says "
@@ -43,6 +111,24 @@ class ShardedSource:
     self._starts = np.cumsum([0] + [o.size - 1 for o in offsets])
     self._local = threading.local()
     self.num_skipped = 0
+    if not self.paths:
+      raise spec_lib.SpecError(f"no readable shard of split {split!r} in {data_dir}")
+
+  def _shards(self) -> list[tuple[str, int]]:
+    if not self.skip_corrupt:
+      return spec_lib.shards_for_split(self.spec, self.data_dir, self.split)
+    out = []
+    for entry in self.spec["shards"]:
+      path = os.path.join(self.data_dir, entry["file"])
+      if entry["split"] != self.split:
+        continue
+      if os.path.exists(path):
+        out.append((path, int(entry["records"])))
+      else:
+        self._skips.add(int(entry["records"]))
+        logging.error("shard %s is listed in %s but missing: skipping its %d records",
+                      path, spec_lib.SPEC_FILE, int(entry["records"]))
+    return out
 
   def __len__(self) -> int:
     return int(self._starts[-1])
@@ -84,9 +170,10 @@ class ShardedSource:
     try:
       return bytes(tfrecord.parse_frame(buf, self.paths[shard], int(start), self.verify_crc))
     except tfrecord.CorruptRecordError as e:
+      e.args = (f"{e} (record {local} of the shard, {index} of split {self.split!r})",)
       if not self.skip_corrupt:
         raise
       self.num_skipped += 1
-      logging.warning("skipping corrupt record (%d skipped in this process): %s",
-                      self.num_skipped, e)
+      logging.warning("skipping corrupt record (%d skipped by this process): %s",
+                      self._skips.add(), e)
       return None

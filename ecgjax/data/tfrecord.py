@@ -93,15 +93,20 @@ def write_index(shard_path: str, offsets: list[int]) -> None:
   os.replace(tmp, shard_path + INDEX_SUFFIX)
 
 
-def read_index(shard_path: str) -> np.ndarray:
-  """Returns int64 [num_records + 1] frame offsets (the last entry is the file size)."""
+def read_index(shard_path: str, check_size: bool = True) -> np.ndarray:
+  """Returns int64 [num_records + 1] frame offsets (the last entry is the file size).
+
+  ``check_size=False`` accepts a shard shorter than its index (truncated): the records
+  past its end then fail their frame check one by one, which a skipping reader counts.
+  """
   index_path = shard_path + INDEX_SUFFIX
   if not os.path.exists(index_path):
     raise FileNotFoundError(f"offset index missing for shard {shard_path} "
                             f"(expected {index_path}); re-run the converter")
   offsets = np.fromfile(index_path, dtype="<i8")
   size = os.path.getsize(shard_path)
-  if offsets.size < 1 or offsets[-1] != size or np.any(np.diff(offsets) < HEADER_BYTES + FOOTER_BYTES):
+  size_ok = offsets.size >= 1 and (offsets[-1] == size or not check_size)
+  if not size_ok or np.any(np.diff(offsets) < HEADER_BYTES + FOOTER_BYTES):
     raise CorruptRecordError(shard_path, int(offsets[-1]) if offsets.size else 0,
                              f"offset index {index_path} does not match the shard "
                              f"(file size {size}); the shard was truncated or rewritten")

@@ -29,7 +29,7 @@ LOGICAL_AXES: tuple[str, ...] = (
     "embed", "mlp", "heads", "patch", "leads", "positions", "proj", "decoder_embed",
     "decoder_mlp", "norm")
 
-_REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable",
+REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable",
                    "nothing_saveable")
 
 _COMMON = dict(
@@ -96,6 +96,16 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
   _remat_policy(cfg.remat)  # Raises on unknown names.
   if cfg.attention_impl not in (None, "xla", "cudnn"):
     raise ValueError(f"attention_impl must be None, 'xla' or 'cudnn': {cfg.attention_impl!r}")
+  if cfg.attention_impl == "cudnn":
+    # cuDNN fused attention takes only fp16/bf16 inputs and head dims <= 128, multiple of 8;
+    # the bool masks reach it as an additive bias (one per batch row, shared by heads).
+    if cfg.dtype not in ("bfloat16", "float16"):
+      raise ValueError(f"attention_impl='cudnn' needs dtype bfloat16/float16, got {cfg.dtype}.")
+    for name, w, h in (("encoder", cfg.width, cfg.num_heads),
+                       ("decoder", cfg.decoder_width, cfg.decoder_heads)):
+      if (w // h) % 8 or w // h > 128:
+        raise ValueError(f"attention_impl='cudnn': {name} head dim {w // h} must be a "
+                         "multiple of 8 and <= 128.")
 
 
 def _remat_policy(remat: bool | str) -> tuple[bool, Any]:
@@ -104,8 +114,8 @@ def _remat_policy(remat: bool | str) -> tuple[bool, Any]:
     remat = "full"
   if remat is False or remat is None:
     remat = "none"
-  if remat not in _REMAT_POLICIES:
-    raise ValueError(f"remat must be a bool or one of {_REMAT_POLICIES}, got {remat!r}.")
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"remat must be a bool or one of {REMAT_POLICIES}, got {remat!r}.")
   if remat == "none":
     return False, None
   if remat in ("full", "nothing_saveable"):
