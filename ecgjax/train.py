@@ -179,6 +179,21 @@ class _Preemption:
     if self._old is not None:
       signal.signal(signal.SIGTERM, self._old)
 
+  def should_stop(self, step: int, every: int) -> bool:
+    """Whether every process stops after ``step``.
+
+    Saving is a collective, so all processes must agree even when only some got SIGTERM:
+    with several processes the flags are all-gathered every ``every`` steps (the same
+    steps on all of them); a single process checks every step.
+    """
+    if jax.process_count() == 1:
+      return self.requested.is_set()
+    if step % every:
+      return False
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    flags = multihost_utils.process_allgather(np.asarray(self.requested.is_set(), np.int32))
+    return bool(np.asarray(flags).any())
+
 
 def _peak_flops() -> float | None:
   kind = jax.devices()[0].device_kind
@@ -315,11 +330,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if plotter and (step % config.plot_every == 0 or step == config.total_steps):
           plotter(step, state)
         save_now = step % config.checkpoint_every == 0 or step == config.total_steps
-        if save_now or preempt.requested.is_set():
+        stop = preempt.should_stop(step, config.log_every)
+        if save_now or stop:
           loss = float(last.get("loss", np.inf))  # a NaN would confuse the best-N policy.
           ckpt_lib.save(manager, step, state, data_iter,
                         metrics={"loss": loss if np.isfinite(loss) else np.inf}, force=True)
-        if preempt.requested.is_set():
+        if stop:
           metrics_lib.log("SIGTERM: saved step %d, exiting", step)
           break
   finally:
