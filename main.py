@@ -20,6 +20,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "host:port of process 0 (multi-host outside TPU/SLURM).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Total JAX processes.")
+_LIBRARY_LOGS = flags.DEFINE_bool("library_logs", False,
+                                   "Keep INFO logs of Orbax/grain/JAX internals.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 
 
@@ -41,9 +43,21 @@ def _initialize_distributed() -> None:
     jax.distributed.initialize()
 
 
+class _QuietLibraries(logging.Filter):
+  """Drops INFO chatter from Orbax/grain/JAX internals so progress lines stay readable."""
+
+  _NOISY = ("/orbax/", "/grain/", "/jax/_src/", "/etils/")
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or not any(s in record.pathname for s in self._NOISY)
+
+
 def main(argv) -> None:
   del argv
   logging.getLogger().setLevel(logging.INFO)
+  if not _LIBRARY_LOGS.value:
+    for handler in logging.getLogger().handlers:
+      handler.addFilter(_QuietLibraries())
   config = _CONFIG.value
   if config is None:
     raise app.UsageError("--config is required, e.g. --config=configs/hl.py:demo")

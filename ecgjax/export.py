@@ -39,10 +39,15 @@ def load_train_config(run_dir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
+def param_name(path: tuple) -> str:
+  """'/'-joined NNX state path: the tensor name in params.safetensors."""
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
 def flatten_params(params_state) -> dict[str, np.ndarray]:
   flat = {}
   for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(params_state)):
-    name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+    name = param_name(path)
     flat[name] = np.asarray(jax.device_get(leaf))
   return flat
 
@@ -123,14 +128,13 @@ def load_model(export_dir: str):
   params = nnx.state(model, nnx.Param)
   pure = nnx.to_pure_dict(params)
   leaves = jax.tree_util.tree_leaves_with_path(pure)
-  names = {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in p) for p, _ in leaves}
+  names = {param_name(p) for p, _ in leaves}
   if names != set(flat):
     raise ValueError(f"{export_dir}/{PARAMS_FILE} does not match the model in {CONFIG_FILE}: "
                      f"missing {sorted(names - set(flat))[:5]}, unexpected "
                      f"{sorted(set(flat) - names)[:5]}")
   new = jax.tree_util.tree_map_with_path(
-      lambda p, x: jax.numpy.asarray(flat["/".join(str(getattr(k, "key", getattr(k, "idx", k)))
-                                                    for k in p)], x.dtype), pure)
+      lambda p, x: jax.numpy.asarray(flat[param_name(p)], x.dtype), pure)
   nnx.replace_by_pure_dict(params, new)
   nnx.update(model, params)
   return model, export_cfg

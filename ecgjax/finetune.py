@@ -28,6 +28,7 @@ import optax
 from flax import nnx
 
 from ecgjax import encoder as encoder_lib
+from ecgjax import export
 from ecgjax import probe_metrics
 from ecgjax import probe_report
 from ecgjax import sharding
@@ -49,7 +50,7 @@ class Classifier(nnx.Module):
 
 def layer_label(path: tuple, depth: int) -> str:
   """Optimizer group of a parameter: 'head', 'top', 'block<i>', 'embed' or 'frozen'."""
-  name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+  name = export.param_name(path)
   if name.startswith("head/"):
     return "head"
   if re.match(r"encoder/(decoder_|mask_token|proj_)", name):

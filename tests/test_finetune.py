@@ -8,7 +8,7 @@ from flax import nnx
 
 import configs.finetune as finetune_cfg
 from ecgjax import encoder as encoder_lib
-from ecgjax import finetune
+from ecgjax import export, finetune
 from tests.trained_run import trained_run  # noqa: F401  (fixture)
 
 
@@ -18,7 +18,7 @@ def test_layer_labels_and_decay(trained_run):  # noqa: F811
   depth = int(enc.model.cfg.depth)
   labels = jax.tree_util.tree_map_with_path(lambda p, _: finetune.layer_label(p, depth),
                                             nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-  flat = {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in p): v
+  flat = {export.param_name(p): v
           for p, v in jax.tree_util.tree_leaves_with_path(labels)}
   assert flat["head/kernel"] == "head"
   assert all(v == "frozen" for k, v in flat.items() if "decoder" in k or k.startswith("encoder/proj"))
@@ -31,7 +31,7 @@ def test_layer_labels_and_decay(trained_run):  # noqa: F811
   params = nnx.state(model, nnx.Param)
   grads = jax.tree.map(jax.numpy.ones_like, params)
   updates, _ = tx.update(grads, tx.init(params), params)
-  upd = {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in p): np.abs(np.asarray(v)).max()
+  upd = {export.param_name(p): np.abs(np.asarray(v)).max()
          for p, v in jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(updates))}
   assert all(v == 0 for k, v in upd.items() if "decoder" in k)
   block0 = max(v for k, v in upd.items() if k.startswith("encoder/blocks/0/") and "kernel" in k)
