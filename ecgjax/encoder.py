@@ -53,9 +53,7 @@ def window_config(meta: dict[str, Any]) -> pipeline.WindowConfig:
   rate = float(meta["sampling_rate"])
   stats = None
   if meta["normalize"] == "dataset":
-    s = meta.get("lead_stats") or {}
-    stats = np.asarray([[s.get(l, {"mean": 0.0})["mean"] for l in leads],
-                        [s.get(l, {"std": 1.0})["std"] for l in leads]], np.float32)
+    stats = pipeline.lead_stats_array(meta.get("lead_stats") or {}, leads)
   return pipeline.WindowConfig(
       leads=leads, sampling_rate=rate, window_samples=int(round(meta["window_s"] * rate)),
       pre_r_s=float(meta.get("pre_r_s", DEFAULT_PRE_R_S)), normalize=meta["normalize"],

@@ -42,9 +42,7 @@ class WindowConfig:
     if data_cfg.normalize == "dataset":
       if spec is None:
         raise ValueError("data.normalize='dataset' needs the shards' spec.json lead_stats")
-      s = spec["lead_stats"]
-      stats = np.asarray([[s.get(l, {"mean": 0.0})["mean"] for l in leads],
-                          [s.get(l, {"std": 1.0})["std"] for l in leads]], np.float32)
+      stats = lead_stats_array(spec["lead_stats"], leads)
     rates = [float(r) for r in (spec or {}).get("sampling_rates", {})] or [data_cfg.sampling_rate]
     return cls(leads=leads, sampling_rate=float(data_cfg.sampling_rate),
                window_samples=int(round(data_cfg.window_s * data_cfg.sampling_rate)),
@@ -59,7 +57,13 @@ class WindowConfig:
   def buffer_length(self) -> int:
     """Fixed per-view segment length after decimation, for every rate in the dataset."""
     return max(self.segment_length(r) // preprocess.decimation(r, self.sampling_rate)
-               for r in self.source_rates)
+               for r in (self.source_rates or (self.sampling_rate,)))
+
+
+def lead_stats_array(lead_stats: dict[str, Any], leads: Sequence[str]) -> np.ndarray:
+  """spec.json-style {lead: {mean, std}} -> [2, L] float32 (absent leads: mean 0, std 1)."""
+  return np.asarray([[lead_stats.get(l, {}).get("mean", 0.0) for l in leads],
+                     [lead_stats.get(l, {}).get("std", 1.0) for l in leads]], np.float32)
 
 
 class CropViews(grain.transforms.RandomMap):
