@@ -11,6 +11,15 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-imp
 import numpy as np
 
 
+def _save(fig, path: str, dpi: int) -> str:
+  """tight_layout, write the PNG (creating its folder), free the figure."""
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  fig.savefig(path, dpi=dpi)
+  plt.close(fig)
+  return path
+
+
 def reconstruction(path: str, original: np.ndarray, pred: np.ndarray, masked: np.ndarray,
                    leads: Sequence[str], patch_size: int, sampling_rate: float, step: int) -> str:
   """Original (black) vs reconstruction (red) per lead; masked patches shaded."""
@@ -30,11 +39,7 @@ def reconstruction(path: str, original: np.ndarray, pred: np.ndarray, masked: np
     ax.set_yticks([])
   axes[-1].set_xlabel("s")
   fig.suptitle(f"step {step}: original (black), reconstruction of masked patches (red)")
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  fig.savefig(path, dpi=80)
-  plt.close(fig)
-  return path
+  return _save(fig, path, dpi=80)
 
 
 def roc_curves(path: str, curves: dict[str, tuple[np.ndarray, np.ndarray, float | None]],
@@ -57,11 +62,7 @@ def roc_curves(path: str, curves: dict[str, tuple[np.ndarray, np.ndarray, float 
   fig.supxlabel("false positive rate", fontsize=9)
   fig.supylabel("true positive rate", fontsize=9)
   fig.suptitle(title, fontsize=10)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
-  return path
+  return _save(fig, path, dpi=90)
 
 
 def label_efficiency(path: str, series: dict[str, list[dict]], title: str) -> str:
@@ -85,8 +86,4 @@ def label_efficiency(path: str, series: dict[str, list[dict]], title: str) -> st
     ax.grid(alpha=0.3)
   axes[0].legend(fontsize=8)
   fig.suptitle(title, fontsize=10)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
-  return path
+  return _save(fig, path, dpi=90)
