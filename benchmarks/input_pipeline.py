@@ -4,11 +4,17 @@ r"""Two-view input throughput: grain pipeline vs tf.data on the same shards (hos
   python benchmarks/input_pipeline.py --data=SHARDS --workers=0,2 --batch=256
   python benchmarks/input_pipeline.py --tf_python=/path/to/venv-with-tf/bin/python
 
-Prints samples/s (one sample = two augmented-window views of one record, i.e. what a
-training step consumes) and writes benchmarks/results/input_pipeline.json. The tf.data
-baseline does the same work (parse Example, two random crops, 2x decimation + linear
-stretch, per-lead z-score) with AUTOTUNE parallelism; it runs in a separate interpreter so
-TensorFlow never enters ecgjax's environment.
+Prints samples/s (one sample = the two views of one record that a training step
+consumes) and writes benchmarks/results/input_pipeline.json:
+
+  grain workers=N   the host pipeline as training runs it: read, parse, pick two R-peak
+                    starts and time stretches, slice two raw int16 segments, batch;
+  device finish     ``windows.views`` (resample + normalise both views), jitted, timed on
+                    this machine's default device (on a CPU-only box: the same 2 cores);
+  tf.data           AUTOTUNE, in a separate interpreter so TensorFlow never enters
+                    ecgjax's environment, on the same shards: 'segments' does the same host
+                    work as grain; 'windows' also resamples and z-scores on the host (the
+                    split ecgjax used before the finish moved into the jitted step).
 """
 from __future__ import annotations
 
@@ -28,7 +34,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _TF_BASELINE = r'''
 import glob, json, sys, time
 import tensorflow as tf
-data, batch, seconds, window, threads = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+data, batch, seconds, window, threads, mode, seg_len = (sys.argv[1], int(sys.argv[2]),
+    float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6], int(sys.argv[7]))
 if threads:
   tf.config.threading.set_inter_op_parallelism_threads(threads)
   tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -36,13 +43,27 @@ files = sorted(glob.glob(data + "/train.tfrecord-*"))
 files = [f for f in files if not f.endswith(".index")]
 spec = {"signal": tf.io.FixedLenFeature([], tf.string), "shape": tf.io.FixedLenFeature([2], tf.int64),
         "sampling_rate": tf.io.FixedLenFeature([], tf.float32), "r_peaks": tf.io.VarLenFeature(tf.int64)}
-def view(sig, fs):
+def start_at_beat(peaks, n, src, pre_r):
+  s = peaks - pre_r
+  s = tf.boolean_mask(s, (s >= 0) & (s <= tf.cast(n - src, tf.int64)))
+  uniform = tf.random.uniform([], 0, tf.maximum(n - src, 1), tf.int32)
+  pick = tf.random.uniform([], 0, tf.maximum(tf.size(s), 1), tf.int32)
+  return tf.cond(tf.size(s) > 0, lambda: tf.cast(tf.gather(s, pick), tf.int32), lambda: uniform)
+def segment(sig, fs, peaks):  # the same host work as ecgjax: R-peak start, raw int16 slice
+  ratio = fs / 250.0 * tf.random.uniform([], 0.9, 1.1)
+  n = tf.shape(sig)[1]
+  src = tf.cast(tf.math.ceil(window * ratio), tf.int32)
+  start = start_at_beat(peaks, n, src, tf.cast(tf.round(0.25 * fs), tf.int64))
+  seg = sig[:, start:start + seg_len]
+  seg = tf.pad(seg, [[0, 0], [0, seg_len - tf.shape(seg)[1]]])
+  return seg, ratio, tf.minimum(n - start, seg_len)
+def view(sig, fs, peaks):  # everything on the host: crop, 2x boxcar, stretch, z-score
   ratio = fs / 250.0 * tf.random.uniform([], 0.9, 1.1)
   src = tf.cast(tf.math.ceil(window * ratio), tf.int32) + 4
   n = tf.shape(sig)[1]
-  start = tf.random.uniform([], 0, tf.maximum(n - src, 1), tf.int32)
-  seg = sig[:, start:start + src]
-  seg = (seg[:, 0:-1:2] + seg[:, 1::2]) * 0.5  # 2x boxcar decimation
+  start = start_at_beat(peaks, n, src, tf.cast(tf.round(0.25 * fs), tf.int64))
+  seg = tf.cast(sig[:, start:start + src], tf.float32) / 1000.0
+  seg = (seg[:, 0:-1:2] + seg[:, 1::2]) * 0.5
   pos = tf.range(window, dtype=tf.float32) * ratio / 2.0
   i0 = tf.minimum(tf.cast(pos, tf.int32), tf.shape(seg)[1] - 2)
   frac = pos - tf.cast(i0, tf.float32)
@@ -51,8 +72,12 @@ def view(sig, fs):
   return (y - m) / (tf.sqrt(v) + 1e-3)
 def parse(raw):
   ex = tf.io.parse_single_example(raw, spec)
-  sig = tf.reshape(tf.cast(tf.io.decode_raw(ex["signal"], tf.int16), tf.float32) / 1000.0, ex["shape"])
-  return {"view1": view(sig, ex["sampling_rate"]), "view2": view(sig, ex["sampling_rate"])}
+  sig = tf.reshape(tf.io.decode_raw(ex["signal"], tf.int16), ex["shape"])
+  fs, peaks = ex["sampling_rate"], ex["r_peaks"].values
+  if mode == "windows":
+    return {"view1": view(sig, fs, peaks), "view2": view(sig, fs, peaks)}
+  (s1, r1, v1), (s2, r2, v2) = segment(sig, fs, peaks), segment(sig, fs, peaks)
+  return {"seg1": s1, "ratio1": r1, "valid1": v1, "seg2": s2, "ratio2": r2, "valid2": v2}
 ds = (tf.data.Dataset.from_tensor_slices(files).shuffle(len(files)).interleave(
     tf.data.TFRecordDataset, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
       .shuffle(1024).repeat().map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
@@ -90,8 +115,31 @@ def grain_samples_per_s(data: str, batch: int, workers: int, threads: int, secon
   n, t0 = 0, time.time()
   while time.time() - t0 < seconds:
     b = next(it)
-    n += b["view1"].shape[0]
+    n += b["seg1"].shape[0]
   return n / (time.time() - t0)
+
+
+def device_finish_samples_per_s(data: str, batch: int, seconds: float) -> float:
+  """Two-view samples/s of the jitted resample + normalise on the default device."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import configs.hl as hl  # pylint: disable=g-import-not-at-top
+  from ecgjax.data import pipeline, windows  # pylint: disable=g-import-not-at-top
+  from ecgjax.data import spec as spec_lib  # pylint: disable=g-import-not-at-top
+  cfg = hl.get_config()
+  window = pipeline.WindowConfig.from_config(cfg.data, spec_lib.load(data))
+  segments = jax.device_put(pipeline.random_batch(window, batch))
+  fn = jax.jit(lambda b: windows.views(b, window))
+  jax.block_until_ready(fn(segments))
+  n, t0 = 0, time.time()
+  while time.time() - t0 < seconds:
+    jax.block_until_ready(fn(segments))
+    n += batch
+  return n / (time.time() - t0)
+
+
+def _device_kind() -> str:
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.devices()[0].device_kind
 
 
 def main() -> None:
@@ -114,15 +162,25 @@ def main() -> None:
     sps = grain_samples_per_s(data, a.batch, w, a.threads, a.seconds)
     results["grain"][f"workers={w}"] = round(sps, 1)
     print(f"grain  workers={w} threads={a.threads}: {sps:9.0f} two-view samples/s")
+  sps = device_finish_samples_per_s(data, a.batch, a.seconds)
+  results["device_finish"] = {"device": _device_kind(), "samples_per_s": round(sps, 1)}
+  print(f"device finish ({_device_kind()}): {sps:9.0f} two-view samples/s")
   if a.tf_python:
-    out = subprocess.run([a.tf_python, "-c", _TF_BASELINE, data, str(a.batch), str(a.seconds),
-                          "1250", "0"], capture_output=True, text=True)
-    if out.returncode:
-      print("tf.data baseline failed:", out.stderr[-2000:])
-    else:
+    import configs.hl as hl  # pylint: disable=g-import-not-at-top
+    from ecgjax.data import pipeline  # pylint: disable=g-import-not-at-top
+    seg_len = pipeline.WindowConfig.from_config(hl.get_config().data, spec).buffer_length()
+    results["tf_data"] = {}
+    for mode in ("segments", "windows"):
+      out = subprocess.run([a.tf_python, "-c", _TF_BASELINE, data, str(a.batch), str(a.seconds),
+                            "1250", "0", mode, str(seg_len)], capture_output=True, text=True)
+      if out.returncode:
+        print(f"tf.data baseline ({mode}) failed:", out.stderr[-2000:])
+        continue
       tf_res = json.loads(out.stdout.strip().splitlines()[-1])
-      results["tf_data"] = tf_res
-      print(f"tf.data AUTOTUNE (TF {tf_res['tf_version']}): {tf_res['samples_per_s']:9.0f} two-view samples/s")
+      results["tf_data"][mode] = tf_res
+      results["tf_data"]["tf_version"] = tf_res["tf_version"]
+      print(f"tf.data AUTOTUNE {mode:8s} (TF {tf_res['tf_version']}): "
+            f"{tf_res['samples_per_s']:9.0f} two-view samples/s")
   else:
     print("tf.data baseline skipped (pass --tf_python=PYTHON_WITH_TF)")
   import grain, jax  # pylint: disable=g-import-not-at-top,multiple-imports

@@ -376,7 +376,7 @@ def main() -> None:
   a = p.parse_args()
   config = train_step.make_config(a.model, a.seconds, a.rate, a.batch, a.objective,
                                   dtype="float32")
-  batch = train_step.random_batch(config)
+  batch = train_step.random_views(config)
   out = {"reference": benchmark_config(config, batch, a.steps, a.modes.split(","))}
   if a.stmem:
     out["stmem"] = benchmark_stmem(config, batch, a.steps, a.modes.split(","))

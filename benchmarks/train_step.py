@@ -13,8 +13,9 @@ ST-MEM peer, same device, same batch):
   --attention=xla|cudnn   --torch   --stmem   --out=benchmarks/results/NAME.json
 
 The step is exactly the one ``train.train_and_evaluate`` runs: ``train.create_state`` +
-``train.compile_step`` (AOT, donated state) on random batches placed with the batch
-sharding. Step time is the median over ``--steps`` calls after two warm-up calls, each
+``train.compile_step`` (AOT, donated state) on random int16 segment batches placed with
+the batch sharding, so the timed step includes the on-device resample and normalisation
+(the PyTorch reference gets the finished windows, which favours it slightly). Step time is the median over ``--steps`` calls after two warm-up calls, each
 ended by ``block_until_ready``. MFU counts model FLOPs (``train.flops_per_step``: matmuls
 of both views, forward + backward) against the device's dense bf16 peak
 (``train.PEAK_FLOPS``); devices without a known peak (CPU) report achieved TFLOP/s only.
@@ -24,6 +25,7 @@ inputs before masking).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import gc
 import importlib
@@ -47,6 +49,8 @@ import numpy as np
 from ecgjax import config_validation  # pylint: disable=g-import-not-at-top
 from ecgjax import sharding
 from ecgjax import train
+from ecgjax.data import pipeline
+from ecgjax.data import windows
 
 _OOM_MARKERS = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory", "OOM")
 
@@ -72,14 +76,23 @@ def make_config(model: str, seconds: float, rate: float, batch: int, objective: 
   return config
 
 
+def bench_window(config) -> pipeline.WindowConfig:
+  """The config's windows, cut from int16 records at the model's rate (converted shards)."""
+  return dataclasses.replace(train.window_config(config),
+                             source_rates=(float(config.data.sampling_rate),),
+                             segment_dtype="int16")
+
+
 def random_batch(config, seed: int = 0) -> dict[str, np.ndarray]:
-  """Host batch {'view1', 'view2': [B, L, T] f32, 'lead_mask': [B, L] bool}, all leads on."""
-  b, l = config.global_batch, len(config.data.leads)
-  t = int(round(config.data.window_s * config.data.sampling_rate))
-  rng = np.random.default_rng(seed)
-  return {"view1": rng.standard_normal((b, l, t), np.float32),
-          "view2": rng.standard_normal((b, l, t), np.float32),
-          "lead_mask": np.ones((b, l), bool)}
+  """Host segment batch (what the grain pipeline yields), all leads on."""
+  return pipeline.random_batch(bench_window(config), config.global_batch, seed)
+
+
+def random_views(config, seed: int = 0) -> dict[str, np.ndarray]:
+  """{'view1', 'view2': [B, L, T] f32, 'lead_mask'}: the same batch as windows, for PyTorch."""
+  segments = random_batch(config, seed)
+  return {"lead_mask": segments["lead_mask"],
+          **windows.on_host(segments, bench_window(config))}
 
 
 def _memory(compiled) -> dict[str, float | None]:
@@ -124,7 +137,8 @@ def run_jax(config, steps: int, warmup: int = 2) -> dict[str, Any]:
   mesh = sharding.make_mesh(config.mesh)
   graphdef, state, shardings, _ = train.create_state(config, mesh)
   t0 = time.perf_counter()
-  compiled, batch_abs = train.compile_step(config, graphdef, state, shardings, mesh)
+  compiled, batch_abs = train.compile_step(config, graphdef, state, shardings, mesh,
+                                            bench_window(config))
   compile_s = time.perf_counter() - t0
   host = random_batch(config)
   batch = {k: jax.device_put(host[k], v.sharding) for k, v in batch_abs.items()}
@@ -191,7 +205,7 @@ def summarise(config, r: dict[str, Any]) -> dict[str, Any]:
 def _torch_results(config, args) -> dict[str, Any]:
   try:
     import torch_reference  # pylint: disable=g-import-not-at-top
-    return torch_reference.benchmark_config(config, random_batch(config), args.steps,
+    return torch_reference.benchmark_config(config, random_views(config), args.steps,
                                             compile_modes=args.torch_compile.split(","))
   except ImportError as e:
     return {"skipped": f"torch not importable: {e}"}
@@ -200,7 +214,7 @@ def _torch_results(config, args) -> dict[str, Any]:
 def _stmem_results(config, args) -> dict[str, Any]:
   try:
     import torch_reference  # pylint: disable=g-import-not-at-top
-    return torch_reference.benchmark_stmem(config, random_batch(config), args.steps,
+    return torch_reference.benchmark_stmem(config, random_views(config), args.steps,
                                            compile_modes=args.torch_compile.split(","))
   except ImportError as e:
     return {"skipped": f"torch not importable: {e}"}

@@ -63,13 +63,15 @@ def base(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.train_split = "train"
   c.data.eval_split = "val"
   c.data.leads = list(STANDARD_LEADS)
-  c.data.sampling_rate = 250.0   # the model's rate; records are resampled on the host.
+  c.data.sampling_rate = 250.0   # the model's rate; resampled inside the jitted step.
   c.data.window_s = 5.0          # crop length; R-peak aligned.
   c.data.pre_r_s = 0.25          # a window starts this long before a detected R peak.
   c.data.stretch = (0.9, 1.1)    # time-stretch range (both views independently).
   c.data.normalize = "record"    # 'record' | 'dataset' | 'none'
-  c.data.num_workers = 2         # grain multiprocessing workers (0 = in-process).
-  c.data.read_threads = 1        # per worker; measured best with 2 workers on 2 cores
+  c.data.num_workers = 2         # grain worker processes (0 = in-process); 0 and 2 are on
+                                 # par on 2 cores (benchmarks/README.md), workers scale
+                                 # with cores and keep the trainer's process free.
+  c.data.read_threads = 1        # per worker; more threads only contend for the GIL.
   c.data.prefetch = 256
   c.data.device_prefetch = 2
   c.data.skip_corrupt = False

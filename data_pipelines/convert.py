@@ -90,6 +90,7 @@ def convert_group(reader, items: list[str], group: int, args: argparse.Namespace
       return json.load(f)
   writers: dict[str, tfrecord.TFRecordWriter] = {}
   counts, rates, rejects = collections.Counter(), collections.Counter(), []
+  dtypes = collections.Counter()
   label_counts: dict[str, np.ndarray] = {}
   stats = _Stats()
   try:
@@ -110,6 +111,7 @@ def convert_group(reader, items: list[str], group: int, args: argparse.Namespace
       writers[split].write(example.encode(rec, label_encoding, num_classes))
       counts[split] += 1
       rates[str(float(rec.sampling_rate))] += 1
+      dtypes[np.asarray(rec.signal).dtype.name] += 1
       hot = np.zeros(num_classes, np.int64)
       hot[list(rec.labels)] = 1
       label_counts[split] = label_counts.get(split, 0) + hot
@@ -124,7 +126,7 @@ def convert_group(reader, items: list[str], group: int, args: argparse.Namespace
       "group": group,
       "shards": [{"file": os.path.basename(w.path), "split": s, "records": counts[s]}
                  for s, w in sorted(writers.items())],
-      "counts": dict(counts), "rates": dict(rates), "rejects": rejects,
+      "counts": dict(counts), "rates": dict(rates), "dtypes": dict(dtypes), "rejects": rejects,
       "label_counts": {k: v.tolist() for k, v in label_counts.items()},
       "lead_sums": stats.to_json(),
   }
@@ -142,9 +144,11 @@ def _run_group(job):
 def merge(summaries: Iterable[dict[str, Any]], reader, args, label_encoding) -> dict[str, Any]:
   splits, rates, label_counts = collections.Counter(), collections.Counter(), {}
   lead_sums = collections.defaultdict(lambda: np.zeros(3))
-  shards, rejects = [], []
+  shards, rejects, dtypes = [], [], set()
   for s in sorted(summaries, key=lambda s: s["group"]):
     shards += s["shards"]
+    # Group markers from before dtypes were recorded: assume any stored dtype.
+    dtypes |= set(s.get("dtypes", ("int16", "int32", "float32")))
     rejects += s["rejects"]
     splits.update(s["counts"])
     rates.update(s["rates"])
@@ -170,7 +174,7 @@ def merge(summaries: Iterable[dict[str, Any]], reader, args, label_encoding) -> 
       "units": "mV",
       "dtype_note": "signal feature = raw little-endian array of the per-record 'dtype' "
                     "feature, layout [leads, samples]; physical mV = signal / gain[lead]",
-      "signal_dtypes": ["int16", "int32", "float32"],
+      "signal_dtypes": sorted(dtypes),
       "lead_order": lead_order,
       "sampling_rates": dict(rates),
       "splits": dict(splits),

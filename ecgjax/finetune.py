@@ -34,6 +34,7 @@ from ecgjax import probe_report
 from ecgjax import sharding
 from ecgjax.data import pipeline
 from ecgjax.data import spec as spec_lib
+from ecgjax.data import windows
 from ecgjax.models import signal_transformer as st
 
 
@@ -147,10 +148,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   state = jax.device_put(state, sharding.replicated(mesh))
   model_graphdef = nnx.graphdef(model)
   data_cfg = _data_config(enc, config)
+  window = pipeline.WindowConfig.from_config(data_cfg, spec)
 
   @functools.partial(jax.jit, donate_argnums=(0,))
-  def step_fn(state, x, m, y):
+  def step_fn(state, segments, y):
     model, optimizer = nnx.merge(graphdef, state)
+    x, m = windows.views(segments, window)["view1"], segments["lead_mask"]
     loss, grads = nnx.value_and_grad(lambda mdl: _loss(mdl(x, m), y, multilabel))(model)
     optimizer.update(model, grads)
     return nnx.state((model, optimizer)), loss
@@ -160,8 +163,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   history, evals_without_gain, losses = [], 0, []
   for step in range(1, int(config.optim.total_steps) + 1):
     b = next(it)
-    state, loss = step_fn(state, jax.device_put(b["view1"], sharding.batch_sharding(mesh, 3)),
-                          jax.device_put(b["lead_mask"], sharding.batch_sharding(mesh, 2)),
+    segments = {k: v for k, v in b.items() if k in ("seg1", "ratio1", "valid1", "k", "scale",
+                                                    "lead_mask")}
+    state, loss = step_fn(state, sharding.global_batch_from_local(segments, mesh),
                           jax.device_put(b["label"], sharding.batch_sharding(mesh, 2)))
     losses.append(loss)
     if step % int(config.eval_every) == 0 or step == int(config.optim.total_steps):

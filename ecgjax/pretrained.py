@@ -6,7 +6,7 @@
 ``signals`` are mV, [N, leads, samples] or one record [leads, samples] (or a list of
 records of different lengths), at any rate and any subset / order of the 12 standard
 leads. Each record goes through the same host functions as the training pipeline
-(``preprocess.lead_rows``, ``resample_window``, ``normalize``) with the export's rate,
+(``preprocess.lead_rows``, ``extract_segment``, ``windows.on_host``) with the export's rate,
 lead order, window and normalisation, so the embedding equals what the trained encoder
 computes on the pipeline's eval-mode batch for that record. Leads the model knows but
 the input lacks are masked out (not zero-filled), exactly as in training.
@@ -29,6 +29,7 @@ import numpy as np
 from ecgjax import encoder as encoder_lib
 from ecgjax.data import preprocess
 from ecgjax.data import rpeaks
+from ecgjax.data import windows as windows_lib
 from ecgjax.data.records import STANDARD_LEADS, canonical_lead
 
 MODES = ("rpeak", "first", "mean")
@@ -120,7 +121,6 @@ class Pretrained:
     x = self.check_record(signal, sampling_rate, names, index)
     w = self.window
     rows, present = preprocess.lead_rows(names, w.leads)
-    src_len = w.window_samples * sampling_rate / w.sampling_rate
     need = self.source_length(sampling_rate)
     num_samples = x.shape[1]
     if mode == "mean":
@@ -135,12 +135,18 @@ class Pretrained:
       r = np.asarray(r_peaks, np.int64) - int(round(w.pre_r_s * sampling_rate))
       ok = r[(r >= 0) & (r + need <= num_samples)]
       starts = [int(ok[0]) if ok.size else 0]
-    gain = np.ones(x.shape[0], np.float32)
-    out = np.stack([
-        preprocess.normalize(preprocess.resample_window(x, rows, gain, s, src_len,
-                                                        w.window_samples),
-                             present, w.normalize, w.lead_stats)
-        for s in starts])
+    ratio = sampling_rate / w.sampling_rate
+    k = preprocess.decimation(sampling_rate, w.sampling_rate)
+    seg_len = preprocess.segment_length(w.window_samples, ratio, 1.0)
+    n = 1 << (len(starts) - 1).bit_length()  # a power of two: few distinct compiled shapes
+    segs = np.zeros((n, len(rows), seg_len), np.float32)
+    valid = np.zeros(n, np.int32)
+    for i, s in enumerate(starts):
+      valid[i] = preprocess.extract_segment(x, rows, s, seg_len, segs[i])
+    batch = {"seg1": segs, "valid1": valid, "ratio1": np.full(n, ratio, np.float32),
+             "k": np.full(n, k, np.int32), "lead_mask": np.tile(present, (n, 1)),
+             "scale": np.tile(np.where(present, 1.0 / k, 0.0).astype(np.float32), (n, 1))}
+    out = windows_lib.on_host(batch, w)["view1"][:len(starts)]
     return out, present
 
   # ------------------------------------------------------------------------ embedding

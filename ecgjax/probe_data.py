@@ -20,13 +20,14 @@ from typing import Any
 
 import grain
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
 
 from ecgjax import encoder as encoder_lib
 from ecgjax.data import pipeline
-from ecgjax.data import preprocess
+from ecgjax.data import windows
 
 CACHE_VERSION = 1
 
@@ -65,10 +66,9 @@ def _eval_data_config(enc: encoder_lib.Encoder, data_cfg) -> ml_collections.Conf
 
 
 def normalize_windows(x: np.ndarray, mask: np.ndarray, window: pipeline.WindowConfig) -> np.ndarray:
-  """Applies the encoder's normalisation to [B, L, T] mV windows, record by record."""
-  for i in range(x.shape[0]):
-    x[i] = preprocess.normalize(x[i], mask[i], window.normalize, window.lead_stats)
-  return x
+  """Applies the encoder's normalisation (and its lead stats) to [B, L, T] mV windows."""
+  return np.asarray(windows.normalize(jnp.asarray(x), jnp.asarray(mask), window.normalize,
+                                      window.lead_stats))
 
 
 def embed_split(enc: encoder_lib.Encoder, embedder: encoder_lib.BatchEmbedder, data_cfg,

@@ -33,15 +33,14 @@ from ecgjax import sharding
 from ecgjax.data import augment
 from ecgjax.data import pipeline
 from ecgjax.data import source as source_lib
+from ecgjax.data import spec as spec_lib
+from ecgjax.data import windows
 from ecgjax.models import signal_transformer as st
 from ecgjax.objectives import hybrid
 
 # Dense bf16 peak FLOP/s per device, for MFU. Unknown devices (CPU) report no MFU.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12,
               "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v6": 918e12}
-
-
-TRAIN_KEYS = ("view1", "view2", "lead_mask")
 
 
 class NonFiniteError(FloatingPointError):
@@ -94,14 +93,23 @@ def _augment_cfg(config) -> ml_collections.ConfigDict:
   return a
 
 
-def train_step(graphdef, state, batch: dict[str, jax.Array], step: jax.Array, *, config):
-  """One update. Pure: (state, batch, step) -> (state, metrics)."""
+def window_config(config) -> pipeline.WindowConfig:
+  """The train windows: config.data plus the shards' spec (rates, dtype, lead stats)."""
+  path = config.data.get("path")
+  spec = spec_lib.load(path) if path and os.path.exists(os.path.join(path, spec_lib.SPEC_FILE)) else None
+  return pipeline.WindowConfig.from_config(config.data, spec)
+
+
+def train_step(graphdef, state, batch: dict[str, jax.Array], step: jax.Array, *, config,
+               window: pipeline.WindowConfig):
+  """One update. Pure: (state, segment batch, step) -> (state, metrics)."""
   model, optimizer = nnx.merge(graphdef, state)
   key = jax.random.fold_in(jax.random.key(config.seed), step)
   k_aug1, k_aug2, k_loss = jax.random.split(key, 3)
   aug_cfg = _augment_cfg(config)
-  x1, m1 = augment.augment_view(k_aug1, batch["view1"], batch["lead_mask"], aug_cfg)
-  x2, m2 = augment.augment_view(k_aug2, batch["view2"], batch["lead_mask"], aug_cfg)
+  v = windows.views(batch, window)
+  x1, m1 = augment.augment_view(k_aug1, v["view1"], batch["lead_mask"], aug_cfg)
+  x2, m2 = augment.augment_view(k_aug2, v["view2"], batch["lead_mask"], aug_cfg)
   views = {"view1": x1, "view2": x2, "mask1": m1, "mask2": m2}
   accum = int(config.optim.grad_accum)
 
@@ -203,17 +211,13 @@ def _peak_flops() -> float | None:
   return None
 
 
-def compile_step(config, graphdef, state, shardings, mesh):
+def compile_step(config, graphdef, state, shardings, mesh,
+                 window: pipeline.WindowConfig | None = None):
   """AOT-compiles the step for the batch shapes; logs compile time and memory analysis."""
-  b = config.global_batch
-  n_leads = len(config.data.leads)
-  t = int(round(config.data.window_s * config.data.sampling_rate))
-  batch_abs = {
-      "view1": jax.ShapeDtypeStruct((b, n_leads, t), jnp.float32, sharding=sharding.batch_sharding(mesh, 3)),
-      "view2": jax.ShapeDtypeStruct((b, n_leads, t), jnp.float32, sharding=sharding.batch_sharding(mesh, 3)),
-      "lead_mask": jax.ShapeDtypeStruct((b, n_leads), jnp.bool_, sharding=sharding.batch_sharding(mesh, 2)),
-  }
-  step_fn = jax.jit(functools.partial(train_step, graphdef, config=config),
+  window = window or window_config(config)
+  batch_abs = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.batch_sharding(mesh, len(shape)))
+               for k, (shape, dtype) in window.batch_struct(config.global_batch).items()}
+  step_fn = jax.jit(functools.partial(train_step, graphdef, config=config, window=window),
                     in_shardings=(shardings, None, sharding.replicated(mesh)),
                     out_shardings=(shardings, sharding.replicated(mesh)),
                     donate_argnums=(0,))
@@ -265,8 +269,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   local_batch = config.global_batch // jax.process_count()
   host_iter = iter(pipeline.make_train_dataset(
       config.data, local_batch, config.seed, jax.process_index(), jax.process_count()))
+  window = window_config(config)
+  train_keys = tuple(window.batch_struct(1))
   data_iter = input_lib.DevicePrefetcher(host_iter, mesh, config.data.device_prefetch,
-      TRAIN_KEYS)
+                                         train_keys)
 
   manager = ckpt_lib.make_manager(os.path.join(workdir, "checkpoints"), config)
   start_step = 0
@@ -281,10 +287,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       data_iter.close()
       data_iter = input_lib.DevicePrefetcher(iter(pipeline.make_train_dataset(
           config.data, local_batch, config.seed + start_step, jax.process_index(),
-          jax.process_count())), mesh, config.data.device_prefetch,
-      TRAIN_KEYS)
+          jax.process_count())), mesh, config.data.device_prefetch, train_keys)
 
-  compiled, _ = compile_step(config, graphdef, state, shardings, mesh)
+  compiled, _ = compile_step(config, graphdef, state, shardings, mesh, window)
   writer = metrics_lib.MetricWriter(workdir)
   flops = flops_per_step(config)
   peak = _peak_flops()

@@ -4,9 +4,26 @@ import pytest
 import scipy.signal
 
 import configs.hl as hl
-from ecgjax.data import example, pipeline, preprocess
-from ecgjax.data.records import STANDARD_LEADS
+from ecgjax.data import example, pipeline, preprocess, windows
+from ecgjax.data import spec as spec_lib
+from ecgjax.data.records import STANDARD_LEADS, EcgRecord
 from ecgjax.data.source import ShardedSource
+
+
+def _window(sig, rows, gain, start, ratio, out_len, normalize="none", dtype=np.int16):
+  """One record through the host slice + windows.resample, like the eval pipeline."""
+  k = preprocess.decimation(ratio, 1.0)
+  seg_len = preprocess.segment_length(out_len, ratio, 1.0)
+  seg = np.full((rows.size, seg_len), 7, dtype)  # stale values must be overwritten
+  valid = preprocess.extract_segment(sig, rows, start, seg_len, seg)
+  present = rows >= 0
+  scale = np.zeros(rows.size, np.float32)
+  scale[present] = 1.0 / (k * gain[rows[present]])
+  batch = {"seg1": seg[None], "ratio1": np.float32([ratio]), "valid1": np.int32([valid]),
+           "k": np.int32([k]), "scale": scale[None], "lead_mask": present[None]}
+  w = pipeline.WindowConfig(leads=("x",) * rows.size, sampling_rate=1.0, window_samples=out_len,
+                            normalize=normalize)
+  return windows.on_host(batch, w)["view1"][0]
 
 
 def test_resample_matches_scipy_for_band_limited_signal():
@@ -15,25 +32,71 @@ def test_resample_matches_scipy_for_band_limited_signal():
   x = (np.sin(2 * np.pi * 7 * t) + 0.5 * np.sin(2 * np.pi * 23 * t)) * 1000
   sig = np.stack([x, -x]).astype(np.int16)
   gain = np.array([1000.0, 1000.0], np.float32)
-  y = preprocess.resample_window(sig, np.array([0, 1]), gain, 0, 2500.0, 1250)
+  y = _window(sig, np.array([0, 1]), gain, 0, fs / target, 1250)
   ref = scipy.signal.resample_poly(x / 1000.0, 1, 2)[:1250]
   # Boxcar + linear interpolation: within a few % of a polyphase FIR in the ECG band.
   assert np.abs(y[0] - ref)[10:-10].max() < 0.06
   np.testing.assert_allclose(y[1], -y[0], atol=1e-3)
 
 
+@pytest.mark.parametrize("ratio", [0.8, 1.0, 1.37, 2.0, 2.2, 3.9, 4.0])
+def test_resample_equals_boxcar_then_linear_interpolation(ratio):
+  """Prefix-sum block means + gathers == the textbook decimate-then-np.interp, any k."""
+  rng = np.random.default_rng(int(ratio * 100))
+  sig = (rng.standard_normal((3, 3000)) * 800).astype(np.int16)
+  gain = np.array([500.0, 1000.0, 2000.0], np.float32)
+  out_len, start = 300, 37
+  y = _window(sig, np.array([2, 0, 1]), gain, start, ratio, out_len)
+  k = preprocess.decimation(ratio, 1.0)
+  x = sig[[2, 0, 1], start:].astype(np.float64) / gain[[2, 0, 1], None]
+  n = x.shape[1] // k
+  dec = x[:, :n * k].reshape(3, n, k).mean(-1)
+  pos = np.maximum(np.arange(out_len) * ratio / k - (k - 1) / (2 * k), 0)
+  ref = np.stack([np.interp(pos, np.arange(n), d) for d in dec])
+  # float32 positions (ulp ~3e-5 samples here) on white noise: < 0.2 of a raw unit.
+  np.testing.assert_allclose(y, ref, atol=2e-4)
+  # float32 segments (shards of other dtypes) give the same windows.
+  y32 = _window(sig.astype(np.float32), np.array([2, 0, 1]), gain, start, ratio, out_len,
+                dtype=np.float32)
+  np.testing.assert_allclose(y32, y, atol=2e-5)
+
+
 def test_resample_stretch_and_absent_rows():
   sig = np.tile(np.arange(1000, dtype=np.int16), (2, 1))
   gain = np.ones(2, np.float32)
-  y = preprocess.resample_window(sig, np.array([1, -1]), gain, 100, 150.0, 100)  # 1.5x stretch
+  y = _window(sig, np.array([1, -1]), gain, 100, 1.5, 100)  # 1.5x stretch
   np.testing.assert_allclose(y[0], 100 + np.arange(100) * 1.5, atol=1e-3)
   assert not y[1].any()
 
 
 def test_window_past_end_is_zero_padded():
   sig = np.ones((1, 300), np.int16)
-  y = preprocess.resample_window(sig, np.array([0]), np.ones(1, np.float32), 250, 100.0, 100)
+  y = _window(sig, np.array([0]), np.ones(1, np.float32), 250, 1.0, 100)
   assert y[0, :49].min() == 1.0 and not y[0, 51:].any()
+
+
+def test_mixed_rates_in_one_batch_match_single_records(tmp_path):
+  """Records at 250, 500 and 1000 Hz (k = 1, 2, 4) share a batch; each equals its own."""
+  leads = ("I", "II")
+  w = pipeline.WindowConfig(leads=leads, sampling_rate=250.0, window_samples=500,
+                            stretch=(0.9, 1.1), source_rates=(250.0, 500.0, 1000.0),
+                            segment_dtype="int16")
+  crop = pipeline.CropViews(w, 2, "class_index")
+  outs = []
+  for i, fs in enumerate((250.0, 500.0, 1000.0)):
+    t = np.arange(int(10 * fs)) / fs
+    sig = (np.stack([np.sin(2 * np.pi * 1.3 * t), np.cos(2 * np.pi * 0.7 * t)]) * 900).astype(np.int16)
+    rec = EcgRecord(record_id=f"r{i}", signal=sig, sampling_rate=fs, leads=leads,
+                    gain=np.array([900.0, 900.0], np.float32), labels=(i % 2,),
+                    r_peaks=np.arange(0, sig.shape[1], int(fs)))
+    outs.append(crop.random_map(example.encode(rec), np.random.default_rng(i)))
+  batch_fn = pipeline.SegmentBatch(w, views=2)
+  together = windows.on_host(batch_fn(outs), w)
+  for i, o in enumerate(outs):
+    alone = windows.on_host(batch_fn([o]), w)
+    np.testing.assert_allclose(together["view1"][i], alone["view1"][0], atol=1e-5)
+  # Same underlying sinusoids: every rate gives a unit-variance window of the same shape.
+  np.testing.assert_allclose(together["view1"].std(-1), 1.0, atol=1e-2)
 
 
 def test_choose_start_is_rpeak_aligned():
@@ -50,12 +113,12 @@ def test_choose_start_is_rpeak_aligned():
 def test_normalize_record_and_absent_leads():
   x = np.random.default_rng(0).standard_normal((3, 100)).astype(np.float32) * 5 + 2
   present = np.array([True, False, True])
-  y = preprocess.normalize(x.copy(), present, "record")
+  y = np.asarray(windows.normalize(x, present, "record"))
   np.testing.assert_allclose(y[[0, 2]].mean(1), 0, atol=1e-5)
   np.testing.assert_allclose(y[[0, 2]].std(1), 1, atol=1e-3)
   assert not y[1].any()
   with pytest.raises(ValueError, match="data.normalize"):
-    preprocess.normalize(x, present, "bogus")
+    windows.normalize(x, present, "bogus")
 
 
 def _cfg(path, workers=0):
@@ -70,7 +133,12 @@ def _cfg(path, workers=0):
 
 def test_train_batches_shapes_and_views_differ(synthetic_shards):
   c = _cfg(synthetic_shards)
-  b = next(iter(pipeline.make_train_dataset(c.data, 8, seed=0)))
+  segments = next(iter(pipeline.make_train_dataset(c.data, 8, seed=0)))
+  window = pipeline.WindowConfig.from_config(c.data, spec_lib.load(synthetic_shards))
+  assert segments["seg1"].dtype == np.int16  # the synthetic shards are int16 only
+  assert {k: v.shape for k, v in segments.items() if k != "label"} == {
+      k: shape for k, (shape, _) in window.batch_struct(8).items()}
+  b = {**segments, **windows.on_host(segments, window)}
   assert b["view1"].shape == b["view2"].shape == (8, 12, 200)
   assert b["lead_mask"].shape == (8, 12) and b["lead_mask"].all()
   assert b["label"].shape == (8, 6) and (b["label"].sum(1) == 1).all()
@@ -86,9 +154,9 @@ def test_eval_window_starts_before_first_beat(synthetic_shards):
   rows, present = preprocess.lead_rows(rec["leads"], STANDARD_LEADS)
   start = int(rec["r_peaks"][0] - round(0.25 * rec["sampling_rate"]))
   start = start if start >= 0 else int(rec["r_peaks"][1] - round(0.25 * rec["sampling_rate"]))
-  x = preprocess.resample_window(rec["signal"], rows, rec["gain"], start,
-                                 200 * rec["sampling_rate"] / 100.0, 200)
-  np.testing.assert_allclose(b["view1"][0], preprocess.normalize(x, present, "record"), atol=1e-4)
+  x = _window(rec["signal"], rows, rec["gain"], start, rec["sampling_rate"] / 100.0, 200,
+              normalize="record")
+  np.testing.assert_allclose(b["view1"][0], x, atol=1e-4)
   assert "view2" not in b
 
 

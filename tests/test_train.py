@@ -15,6 +15,7 @@ from ecgjax import checkpoint as ckpt_lib
 from ecgjax import export
 from ecgjax import sharding
 from ecgjax import train
+from ecgjax.data import pipeline
 from tests.conftest import micro_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,9 +25,8 @@ def _one_step(cfg):
   mesh = sharding.make_mesh(cfg.mesh)
   graphdef, state, shardings, _ = train.create_state(cfg, mesh)
   compiled, batch_abs = train.compile_step(cfg, graphdef, state, shardings, mesh)
-  rng = np.random.default_rng(0)
-  batch = {k: jax.device_put(rng.standard_normal(v.shape).astype(np.float32) if v.dtype != bool
-                             else np.ones(v.shape, bool), v.sharding) for k, v in batch_abs.items()}
+  host = pipeline.random_batch(train.window_config(cfg), cfg.global_batch)
+  batch = {k: jax.device_put(host[k], v.sharding) for k, v in batch_abs.items()}
   new_state, metrics = compiled(state, batch, jnp.asarray(0, jnp.int32))
   return mesh, graphdef, new_state, shardings, metrics
 

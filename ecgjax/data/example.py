@@ -59,10 +59,13 @@ def encode(record: EcgRecord, label_encoding: str = "class_index", num_classes: 
   return ex.SerializeToString(deterministic=True)
 
 
-def decode(data: bytes | memoryview) -> dict[str, Any]:
-  """Parses one serialized Example into numpy fields (signal kept in its stored dtype)."""
+def decode(data: bytes | memoryview | np.ndarray) -> dict[str, Any]:
+  """Parses one serialized Example into numpy fields (signal kept in its stored dtype).
+
+  ``data`` may be any buffer (the input pipeline passes views of the mapped shard).
+  """
   ex = _pb.Example()
-  ex.ParseFromString(bytes(data) if isinstance(data, memoryview) else data)
+  ex.ParseFromString(memoryview(data))
   f = ex.features.feature
   dtype = f["dtype"].bytes_list.value[0].decode()
   shape = tuple(f["shape"].int64_list.value)

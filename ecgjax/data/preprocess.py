@@ -1,12 +1,13 @@
-"""Host-side, per-record preprocessing: lead selection, R-peak-aligned crops, resampling.
+"""Host-side, per-record preprocessing: lead selection and R-peak-aligned raw slices.
 
-These are the steps that depend on a record's own rate, length and beats, so they run on
-the host before batching. Everything stochastic and rate-independent (noise, wander,
-scaling, lead dropout, masking) runs jitted on the device on whole batches
-(``ecgjax.data.augment``, ``ecgjax.objectives.masking``).
+These are the steps that depend on a record's own length, leads and beats, so they run on
+the host before batching, and they only index. Resampling and normalisation
+(``ecgjax.data.windows``) and the stochastic augmentations (``ecgjax.data.augment``,
+``ecgjax.objectives.masking``) run jitted on whole batches.
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -15,10 +16,20 @@ from ecgjax.data.records import canonical_lead
 
 
 def lead_rows(record_leads: Sequence[str], target_leads: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-  """Rows of the record for each target lead (-1 if absent) and the present-mask."""
+  """Rows of the record for each target lead (-1 if absent) and the present-mask.
+
+  Cached (an archive has a handful of lead layouts); the arrays are read-only.
+  """
+  return _lead_rows(tuple(record_leads), tuple(target_leads))
+
+
+@functools.lru_cache(maxsize=1024)
+def _lead_rows(record_leads: tuple[str, ...], target_leads: tuple[str, ...]):
   where = {canonical_lead(l): i for i, l in enumerate(record_leads)}
   rows = np.asarray([where.get(l, -1) for l in target_leads], np.int64)
-  return rows, rows >= 0
+  present = rows >= 0
+  rows.flags.writeable = present.flags.writeable = False
+  return rows, present
 
 
 def choose_start(rng: np.random.Generator, r_peaks: np.ndarray, num_samples: int,
@@ -49,101 +60,26 @@ def segment_length(out_len: int, ratio: float, max_stretch: float) -> int:
   return int(np.ceil(out_len * ratio * max_stretch)) + 2 * max(1, int(ratio)) + 2
 
 
-def extract_segment(signal: np.ndarray, rows: np.ndarray, gain: np.ndarray, start: int,
-                    seg_len: int, k: int = 1) -> tuple[np.ndarray, np.ndarray, int]:
-  """Cuts ``seg_len`` raw samples from ``start`` for each row, boxcar-decimated by ``k``.
+def extract_segment(signal: np.ndarray, rows: np.ndarray | None, start: int, seg_len: int,
+                    out: np.ndarray) -> int:
+  """Copies raw samples [start, start + seg_len) of each row into ``out`` [len(rows), S].
 
-  Returns (segment float32 [len(rows), seg_len // k] in raw units, zeros past the record's
-  end and for absent rows (-1); per-row mV scale, 0 for absent rows; valid decimated
-  samples). Averaging blocks of k samples is the anti-aliasing step: its first null sits
-  at the new sampling rate and it costs a few strided adds (a polyphase FIR costs ~20x).
-  Only this slice runs per record; interpolation runs once per batch
-  (:func:`resample_batch`), where numpy's per-call overhead is amortised.
+  ``rows=None`` means every row of ``signal`` in order (the common case: one strided
+  copy). Rows of -1 (leads the record lacks) and everything past the record's end or
+  past ``seg_len`` are zeroed. Returns the number of samples inside the record. The only
+  copy a record gets on the host, and no arithmetic: resampling and normalisation run on
+  whole batches in :mod:`ecgjax.data.windows`.
   """
-  n = seg_len // k
-  seg = np.zeros((rows.size, n), np.float32)
-  scale = np.zeros(rows.size, np.float32)
+  valid = max(0, min(seg_len, out.shape[1], signal.shape[1] - start))
+  if rows is None:
+    out[:, :valid] = signal[:, start:start + valid]
+    out[:, valid:] = 0
+    return valid
   present = rows >= 0
-  valid = max(0, min(n, (signal.shape[1] - start) // k))
-  if present.any() and valid:
-    src = signal[rows[present], start:start + valid * k]
-    acc = src[:, 0::k].astype(np.float32)
-    for j in range(1, k):
-      acc += src[:, j::k]
-    seg[present, :valid] = acc
-    scale[present] = 1.0 / (k * gain[rows[present]])
-  return seg, scale, valid
-
-
-def resample_batch(seg: np.ndarray, scale: np.ndarray, ratio: np.ndarray, valid: np.ndarray,
-                   out_len: int, k: np.ndarray | int = 1) -> np.ndarray:
-  """[B, L, S] decimated segments -> [B, L, out_len] float32 mV, linear interpolation.
-
-  ``ratio[b]`` is *source* samples per output sample for record b (rate conversion times
-  time stretch); ``k[b]`` the decimation already applied by :func:`extract_segment`
-  (block j of k samples is centred at source position j*k + (k-1)/2). Output samples
-  beyond the record's end (``valid`` segment samples) are 0.
-  """
-  b, l, n = seg.shape
-  k = np.broadcast_to(np.asarray(k, np.float64), (b,))
-  step = np.asarray(ratio, np.float64) / k
-  pos = np.arange(out_len, dtype=np.float64)[None, :] * step[:, None] - ((k - 1) / (2 * k))[:, None]
-  np.maximum(pos, 0, out=pos)
-  i0 = np.minimum(pos.astype(np.int32), n - 2)
-  frac = (pos - i0).astype(np.float32)
-  y = np.empty((b, l, out_len), np.float32)
-  # Chunks of records keep the gather's source in cache (measured ~3x faster at B=512).
-  chunk = max(1, (1 << 20) // max(1, l * n))
-  rows = (np.arange(chunk * l, dtype=np.int32) * n).reshape(chunk, l, 1)
-  for c in range(0, b, chunk):
-    e = min(b, c + chunk)
-    flat = seg[c:e].reshape(-1)
-    idx = rows[:e - c] + i0[c:e, None, :]
-    lo = flat.take(idx)
-    hi = flat.take(idx + 1)
-    hi -= lo
-    hi *= frac[c:e, None, :]
-    lo += hi
-    lo *= scale[c:e, :, None]
-    y[c:e] = lo
-  short = np.flatnonzero(pos[:, -1] > np.asarray(valid) - 1)
-  for r in short:  # windows running past the record's end (rare): zero-pad.
-    y[r, :, pos[r] > valid[r] - 1] = 0.0
-  return y
-
-
-def resample_window(signal: np.ndarray, rows: np.ndarray, gain: np.ndarray, start: int,
-                    src_len: float, out_len: int) -> np.ndarray:
-  """One record's window: [len(rows), out_len] float32 mV (see :func:`resample_batch`)."""
-  ratio = src_len / out_len
-  k = int(ratio) if ratio >= 2 else 1
-  seg, scale, valid = extract_segment(signal, rows, gain, start,
-                                      segment_length(out_len, ratio, 1.0), k)
-  return resample_batch(seg[None], scale[None], np.asarray([ratio]), np.asarray([valid]),
-                        out_len, k)[0]
-
-
-def normalize_batch(x: np.ndarray, present: np.ndarray, mode: str,
-                    stats: np.ndarray | None = None, eps: float = 1e-3) -> np.ndarray:
-  """Per-lead normalisation of [..., L, T] in place; absent leads stay exactly zero.
-
-  'record': z-score each lead over the window (robust to per-device gain differences);
-  'dataset': subtract/divide the spec's per-lead mean/std ([2, L]); 'none': mV as is.
-  """
-  if mode == "record":
-    x -= x.mean(axis=-1, keepdims=True)
-    std = np.sqrt(np.einsum("...t,...t->...", x, x) / x.shape[-1])
-    x *= (1.0 / (std + eps))[..., None]
-  elif mode == "dataset":
-    x -= stats[0][:, None]
-    x *= (1.0 / (stats[1] + eps))[:, None]
-  elif mode != "none":
-    raise ValueError(f"data.normalize={mode!r}; expected 'record', 'dataset' or 'none'")
-  x *= present[..., None]
-  return x
-
-
-def normalize(x: np.ndarray, present: np.ndarray, mode: str, stats: np.ndarray | None = None,
-              eps: float = 1e-3) -> np.ndarray:
-  """One record: [L, T] (see :func:`normalize_batch`)."""
-  return normalize_batch(x, present, mode, stats, eps)
+  if valid and present.any():
+    out[present, :valid] = signal[rows[present], start:start + valid]
+    out[~present, :valid] = 0
+  else:
+    out[:, :valid] = 0
+  out[:, valid:] = 0
+  return valid

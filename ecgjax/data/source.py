@@ -1,8 +1,12 @@
 """Random-access view over a split's TFRecord shards, for ``grain.MapDataset.source``.
 
-Each shard has an offset index written at conversion, so record ``i`` of the split is one
-``pread`` + CRC check: this is what gives a seeded global shuffle and exact resume
-(grain's own TFRecord reader is sequential only).
+Each shard has an offset index written at conversion, so record ``i`` of the split is a
+slice of the memory-mapped shard + CRC check: this is what gives a seeded global shuffle
+and exact resume (grain's own TFRecord reader is sequential only). The slice is a view, not
+a copy (measured: pread + bytes cost 43 us of a 150 us record, the mapped view 16 us with
+its CRC); the page cache does the I/O. Shards are immutable once written: a file truncated
+*while* a job maps it would fault, as with any mmap reader (one truncated before the job
+starts is caught by the index check).
 
 With ``skip_corrupt`` a bad record (CRC, truncated frame), a truncated shard or a shard
 missing from the directory is skipped and counted instead of stopping the job. grain runs
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import mmap
 import os
 import shutil
 import tempfile
@@ -81,7 +86,10 @@ def skipped_records() -> int:
 
 
 class ShardedSource:
-  """grain RandomAccessDataSource: ``len()`` and ``[i] -> serialized Example bytes``.
+  """grain RandomAccessDataSource: ``len()`` and ``[i] -> serialized Example``.
+
+  Records are uint8 arrays viewing the mapped shard (``bytes(record)`` copies one out);
+  :func:`ecgjax.data.example.decode` reads them in place.
 
   With ``skip_corrupt`` a record that fails its CRC check is logged (file, offset) and
   returned as ``None`` (the pipeline filters and counts it) instead of raising.
@@ -109,7 +117,9 @@ class ShardedSource:
       offsets.append(index)
     self._offsets = offsets
     self._starts = np.cumsum([0] + [o.size - 1 for o in offsets])
-    self._local = threading.local()
+    self._lock = threading.Lock()
+    self._maps: dict[int, memoryview] = {}
+    self._maps_pid = os.getpid()
     self.num_skipped = 0
     if not self.paths:
       raise spec_lib.SpecError(f"no readable shard of split {split!r} in {data_dir}")
@@ -138,37 +148,47 @@ class ShardedSource:
 
   def __getstate__(self):
     state = self.__dict__.copy()
-    state.pop("_local")  # file descriptors are per process / thread.
+    state.pop("_lock")
+    state["_maps"], state["_maps_pid"] = {}, None  # mappings are per process.
     return state
 
   def __setstate__(self, state):
     self.__dict__.update(state)
-    self._local = threading.local()
+    self._lock = threading.Lock()
 
-  def _fd(self, shard: int) -> int:
-    fds = getattr(self._local, "fds", None)
-    if fds is None or self._local.pid != os.getpid():
-      fds = self._local.fds = {}
-      self._local.pid = os.getpid()
-    if shard not in fds:
-      fds[shard] = os.open(self.paths[shard], os.O_RDONLY)
-    return fds[shard]
+  def _buffer(self, shard: int) -> memoryview:
+    """The shard's bytes, mapped once per process (views of it are valid for its life)."""
+    if self._maps_pid != os.getpid():  # a forked child: fresh lock, its own mappings.
+      self._lock, self._maps, self._maps_pid = threading.Lock(), {}, os.getpid()
+    buf = self._maps.get(shard)
+    if buf is None:
+      with self._lock:
+        buf = self._maps.get(shard)
+        if buf is None:
+          with open(self.paths[shard], "rb") as f:
+            empty = os.fstat(f.fileno()).st_size == 0  # mmap refuses empty files.
+            buf = memoryview(b"" if empty else mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+          self._maps[shard] = buf
+    return buf
 
   def locate(self, index: int) -> tuple[str, int]:
     """(shard path, byte offset) of record ``index``; used in error messages."""
     shard = int(np.searchsorted(self._starts, index, side="right") - 1)
     return self.paths[shard], int(self._offsets[shard][index - self._starts[shard]])
 
-  def __getitem__(self, index: int) -> bytes | None:
+  def __getitem__(self, index: int) -> np.ndarray | None:
     index = int(index)
     if not 0 <= index < len(self):
       raise IndexError(f"record {index} out of range for {self!r}")
     shard = int(np.searchsorted(self._starts, index, side="right") - 1)
     local = index - self._starts[shard]
     start, end = self._offsets[shard][local], self._offsets[shard][local + 1]
-    buf = os.pread(self._fd(shard), int(end - start), int(start))
+    buf = self._buffer(shard)[int(start):int(end)]  # shorter than asked if truncated
     try:
-      return bytes(tfrecord.parse_frame(buf, self.paths[shard], int(start), self.verify_crc))
+      payload = tfrecord.parse_frame(buf, self.paths[shard], int(start), self.verify_crc)
+      # A uint8 view: no copy in this process, and it pickles (as a copy) if a consumer
+      # sends raw records to another process.
+      return np.frombuffer(payload, np.uint8)
     except tfrecord.CorruptRecordError as e:
       e.args = (f"{e} (record {local} of the shard, {index} of split {self.split!r})",)
       if not self.skip_corrupt:

@@ -57,7 +57,7 @@ def install(fault: str, workdir: str) -> None:
       def step_fn(state, batch, step):
         s = int(step)
         if kind == "nan_at" and s in at:
-          batch = dict(batch, view1=batch["view1"] * jnp.nan)
+          batch = dict(batch, scale=batch["scale"] * jnp.nan)
         out = compiled(state, batch, step)
         if kind == "kill_in_step" and s in at:
           _die(workdir, {"kind": kind, "step": s})
