@@ -62,11 +62,11 @@ def test_process_slices_are_disjoint_and_complete(synthetic_shards, process_coun
   assert len(flat) == n and set(flat) == everything
 
 
-def _launch(workdir, shards, *extra):
+def _launch(workdir, shards, *extra, probe_at_end=False):
   """bash launch.sh --local 2 -- main.py args for a tiny HL job; returns the CompletedProcess."""
   overrides = {
       "total_steps": 4, "global_batch": 8, "log_every": 2, "checkpoint_every": 2,
-      "plot_every": 1000, "probe_at_end": False, "async_checkpointing": False,
+      "plot_every": 1000, "probe_at_end": probe_at_end, "async_checkpointing": False,
       "data.synthetic.dir": shards, "data.synthetic.num_records": 48,
       "data.synthetic.num_shards": 2, "data.synthetic.sampling_rate": 250.0,
       "data.window_s": 2.0, "data.device_prefetch": 1, "data.read_threads": 1,
@@ -112,7 +112,10 @@ def test_two_processes_train_save_and_resume(tmp_path):
   # Lose the last checkpoint: the next launch resumes at step 2 (model and both iterator
   # states) and must reach the very same step-4 metrics.
   shutil.rmtree(os.path.join(ckpts, "4"))
-  _launch(workdir, shards)
+  # With the end-of-run probe on: export, embedding and probe run in both processes.
+  _launch(workdir, shards, probe_at_end=True)
+  results = json.load(open(os.path.join(workdir, "probe", "results.json")))
+  assert {"pretrained", "random"} <= set(results)
   log0 = open(os.path.join(workdir, "logs", "process_0.log")).read()
   assert "resumed from step 2" in log0, log0[-3000:]
   rows2 = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))][len(rows):]
