@@ -202,22 +202,14 @@ def summarise(config, r: dict[str, Any]) -> dict[str, Any]:
       step_times_s=r["step_times_s"])
 
 
-def _torch_results(config, args) -> dict[str, Any]:
+def _torch_results(config, args, which: str = "benchmark_config") -> dict[str, Any]:
+  """PyTorch timings on the same batch: the reference ('benchmark_config') or ST-MEM."""
   try:
     import torch_reference  # pylint: disable=g-import-not-at-top
-    return torch_reference.benchmark_config(config, random_views(config), args.steps,
-                                            compile_modes=args.torch_compile.split(","))
   except ImportError as e:
     return {"skipped": f"torch not importable: {e}"}
-
-
-def _stmem_results(config, args) -> dict[str, Any]:
-  try:
-    import torch_reference  # pylint: disable=g-import-not-at-top
-    return torch_reference.benchmark_stmem(config, random_views(config), args.steps,
-                                           compile_modes=args.torch_compile.split(","))
-  except ImportError as e:
-    return {"skipped": f"torch not importable: {e}"}
+  return getattr(torch_reference, which)(config, random_views(config), args.steps,
+                                         compile_modes=args.torch_compile.split(","))
 
 
 def _fmt(x: float | None, spec: str) -> str:
@@ -294,7 +286,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"  torch {best:.2f} samples/s -> jax/torch {row['jax_over_torch']:.2f}",
               flush=True)
     if args.stmem:
-      row["stmem"] = _stmem_results(config, args)
+      row["stmem"] = _torch_results(config, args, "benchmark_stmem")
       print(f"  st-mem: {row['stmem'].get('best_samples_per_s', row['stmem'].get('skipped'))}",
             flush=True)
     rows.append(row)

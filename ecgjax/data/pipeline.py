@@ -112,12 +112,12 @@ def lead_stats_array(lead_stats: dict[str, Any], leads: Sequence[str]) -> np.nda
 
 
 class CropViews(grain.transforms.RandomMap):
-  """Serialized Example -> where to cut one (eval) or two (train) views; no copying.
+  """Serialized Example -> where to cut one (eval) or two (train) views; no slicing yet.
 
   Each view is its own R-peak-aligned window with its own time stretch, so the
   contrastive pair differs in beat and tempo; device-side augmentations add the rest.
   Eval mode gives one deterministic window (starting at the first complete beat).
-  The element keeps the record's signal as a view into the mapped shard;
+  The element keeps the decoded record's signal (one array per record);
   :class:`SegmentBatch` copies just the cut samples into the batch, and
   :mod:`ecgjax.data.windows` resamples whole batches.
   """
@@ -175,8 +175,8 @@ class CropViews(grain.transforms.RandomMap):
 class SegmentBatch:
   """grain batch_fn: cut records -> a segment batch (fields: :mod:`ecgjax.data.windows`).
 
-  Copies each view's samples straight from the mapped shard into the batch arrays (no
-  per-record array, no np.stack). Writing straight into grain's shared memory instead was
+  Copies each view's samples straight from the decoded record into the batch arrays (no
+  per-view array, no np.stack). Writing straight into grain's shared memory instead was
   measured slower (5.6k vs 7.1k samples/s with 2 workers: fresh shm pages fault on every
   small strided write), so grain copies finished batches there itself. Records skipped as
   corrupt (None) are dropped, so an eval batch may be short.
