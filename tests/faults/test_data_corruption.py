@@ -75,16 +75,27 @@ def test_skip_corrupt_counts_bad_records(shards, caplog):
   assert caplog.text.count(f"skipping corrupt record") == 2 and path in caplog.text
 
 
-def test_truncated_shard(shards, caplog):
-  path = _train_shard(shards)
-  offsets = tfrecord.read_index(path)
-  os.truncate(path, int(offsets[-3] + 10))  # last two records cut (one partly).
-  with pytest.raises(tfrecord.CorruptRecordError, match="truncated or rewritten") as e:
+def _strict_raises_then_skipping(shards, path, error, match, caplog):
+  """A strict source raises ``error`` naming ``path``; a skipping one opens (and logs it).
+
+  Returns (skipping source, skipped_records() before it was opened).
+  """
+  with pytest.raises(error, match=match) as e:
     ShardedSource(str(shards), "train")
   assert path in str(e.value)
   before = source_lib.skipped_records()
   with caplog.at_level(logging.ERROR):
     src = ShardedSource(str(shards), "train", skip_corrupt=True)
+  assert path in caplog.text
+  return src, before
+
+
+def test_truncated_shard(shards, caplog):
+  path = _train_shard(shards)
+  offsets = tfrecord.read_index(path)
+  os.truncate(path, int(offsets[-3] + 10))  # last two records cut (one partly).
+  src, before = _strict_raises_then_skipping(shards, path, tfrecord.CorruptRecordError,
+                                             "truncated or rewritten", caplog)
   assert f"shard {path} is truncated" in caplog.text
   got = _read_all(src)
   assert sum(g is None for g in got) == 2 and source_lib.skipped_records() - before == 2
@@ -94,13 +105,9 @@ def test_missing_shard(shards, caplog):
   path = _train_shard(shards)
   n = int(len(tfrecord.read_index(path)) - 1)
   os.remove(path)
-  with pytest.raises(spec_lib.SpecError, match="missing") as e:
-    ShardedSource(str(shards), "train")
-  assert path in str(e.value)
-  before = source_lib.skipped_records()
-  with caplog.at_level(logging.ERROR):
-    src = ShardedSource(str(shards), "train", skip_corrupt=True)
-  assert path in caplog.text and source_lib.skipped_records() - before == n
+  src, before = _strict_raises_then_skipping(shards, path, spec_lib.SpecError, "missing",
+                                             caplog)
+  assert source_lib.skipped_records() - before == n
   assert len(src) == spec_lib.load(str(shards))["splits"]["train"] - n
   assert all(r is not None for r in _read_all(src))
 
