@@ -1,9 +1,10 @@
 r"""Times the production pretraining step (ecgjax.train) per model size and ECG length.
 
-Run from the project root; one command on a GPU (ecgjax vs the PyTorch reference and the
-ST-MEM peer, same device, same batch):
+Run from the project root; on a GPU, JAX first, then the PyTorch reference and the ST-MEM
+peer in a second process at the batch JAX used (same device, same batch):
 
-  python benchmarks/train_step.py --model=base --seconds=10 --batch=auto --torch --stmem
+  python benchmarks/train_step.py --model=base --seconds=10 --batch=128
+  python benchmarks/train_step.py --model=base --seconds=10 --batch=128 --no-jax --torch --stmem
 
   --model=tiny|small|base|large   --seconds=2.5,5,10   --rate=500 (Hz)
   --batch=N|auto (auto: doubling search until OOM, accelerators only; default 256 on an
@@ -11,6 +12,8 @@ ST-MEM peer, same device, same batch):
   --objective=hl|mae|simclr   --dtype=auto|bfloat16|float32 (auto: bf16 on accelerators,
           fp32 on CPU where bf16 matmuls are emulated)   --remat=none|full|dots_saveable|...
   --attention=xla|cudnn   --torch   --stmem   --out=benchmarks/results/NAME.json
+  --no-jax (only --torch/--stmem, at --batch=N: on a GPU time PyTorch in its own process,
+          because JAX keeps the memory it has used and PyTorch then runs out of it)
 
 The step is exactly the one ``train.train_and_evaluate`` runs: ``train.create_state`` +
 ``train.compile_step`` (AOT, donated state) on random int16 segment batches placed with
@@ -30,6 +33,7 @@ import datetime
 import gc
 import importlib
 import json
+import os
 import pathlib
 import platform
 import statistics
@@ -247,19 +251,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32"))
   p.add_argument("--remat", default="none")
   p.add_argument("--attention", default=None, choices=(None, "xla", "cudnn"))
+  p.add_argument("--jax", action=argparse.BooleanOptionalAction, default=True,
+                 help="time the JAX step (--no-jax: only --torch/--stmem, at --batch=N; on a "
+                      "GPU run them so, in their own process, since JAX keeps its memory)")
   p.add_argument("--torch", action="store_true", help="also time the PyTorch reference")
   p.add_argument("--stmem", action="store_true", help="also time the ST-MEM peer")
   p.add_argument("--torch_compile", default="eager,compile",
                  help="PyTorch modes to time: eager and/or compile")
   p.add_argument("--out", default=None, help="JSON path (default: print only)")
   args = p.parse_args(argv)
+  if not args.jax:  # Read when JAX first makes its GPU client (just below): leave PyTorch room.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
   default_batch = 256 if on_accelerator() else 8
   rows = []
   for seconds in [float(s) for s in args.seconds.split(",")]:
     make = lambda b, s=seconds: make_config(args.model, s, args.rate, b, args.objective,
                                             args.dtype, args.remat, args.attention)
-    if args.batch == "auto":
+    if not args.jax:
+      if args.batch in (None, "auto"):
+        p.error("--no-jax needs --batch=N (the batch the JAX run used)")
+      batch, r, max_batch = int(args.batch), None, None
+    elif args.batch == "auto":
       if on_accelerator():
         print(f"[{args.model} {seconds:g}s] batch search", flush=True)
         batch, r = find_max_batch(make, args.steps, start=16 * jax.device_count())
@@ -275,13 +288,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     row = dict(model=args.model, seconds=seconds, batch=batch, max_batch_pow2=max_batch,
                patch_size=config_validation.patch_size(config),
                patches_per_lead=config_validation.num_patches(config),
-               dtype=config.model.dtype, jax=summarise(config, r))
-    print(f"[{args.model} {seconds:g}s b={batch}] jax {row['jax']['samples_per_s']:.2f} "
-          f"samples/s, {1e3 * row['jax']['step_time_s']:.1f} ms/step", flush=True)
+               dtype=config.model.dtype, jax=r and summarise(config, r))
+    if r:
+      print(f"[{args.model} {seconds:g}s b={batch}] jax {row['jax']['samples_per_s']:.2f} "
+            f"samples/s, {1e3 * row['jax']['step_time_s']:.1f} ms/step", flush=True)
     if args.torch:
       row["torch"] = _torch_results(config, args)
       best = row["torch"].get("best_samples_per_s")
-      if best:
+      if best and r:
         row["jax_over_torch"] = row["jax"]["samples_per_s"] / best
         print(f"  torch {best:.2f} samples/s -> jax/torch {row['jax_over_torch']:.2f}",
               flush=True)
@@ -293,7 +307,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     _write(args, rows)  # After every row: a long sweep keeps what it measured.
 
   report = _write(args, rows)
-  print_table(rows)
+  print_table([r for r in rows if r["jax"]])
   return report
 
 

@@ -56,6 +56,7 @@ def base(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(signal_transformer.SIZES[size]))
   c.model.remat = "none"
   c.model.dtype = "bfloat16"
+  # None: cuDNN fused attention on GPUs where it applies, else XLA; or "xla" / "cudnn".
   c.model.attention_impl = ml_collections.FieldReference(None, field_type=str)
 
   c.data = ml_collections.ConfigDict()

@@ -105,6 +105,22 @@ def test_absent_lead_is_masked_out(model):
   np.testing.assert_allclose(pred_zero[:, keep], pred_garb[:, keep], atol=1e-5)
 
 
+def test_token_padding_for_cudnn_leaves_outputs_unchanged():
+  # The cuDNN path pads the token axis to a multiple of 64 (its masked training kernel needs
+  # an even length); the same padding run through XLA must not move any real token.
+  x = _signal()
+  lead_mask = jnp.ones((B, L), bool).at[:, 2].set(False)
+  local = _model(local_depth=1)
+  t_ref, p_ref = _encode(local, x, lead_mask)
+  for _, attn in nnx.iter_graph(local):
+    if isinstance(attn, st.Attention):
+      attn.seq_multiple = 64
+  t_pad, p_pad = _encode(local, x, lead_mask)
+  assert 1 + L * N < 64  # so padding really happened
+  np.testing.assert_allclose(t_pad, t_ref, atol=1e-5)
+  np.testing.assert_allclose(p_pad, p_ref, atol=1e-5)
+
+
 def test_local_blocks_do_not_mix_leads():
   x, lead_mask = _signal(), jnp.ones((B, L), bool)
   x2 = x.at[:, 2].add(1.0)
