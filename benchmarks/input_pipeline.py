@@ -148,7 +148,7 @@ def main() -> None:
   p.add_argument("--num_records", type=int, default=2000)
   p.add_argument("--batch", type=int, default=256)
   p.add_argument("--workers", default="0,2", help="grain worker processes to try")
-  p.add_argument("--threads", type=int, default=2, help="grain read threads per worker")
+  p.add_argument("--threads", type=int, default=1, help="grain read threads per process")
   p.add_argument("--seconds", type=float, default=10.0)
   p.add_argument("--tf_python", default=None, help="a python with tensorflow installed")
   p.add_argument("--out", default="benchmarks/results/input_pipeline.json")

@@ -69,10 +69,12 @@ def base(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.pre_r_s = 0.25          # a window starts this long before a detected R peak.
   c.data.stretch = (0.9, 1.1)    # time-stretch range (both views independently).
   c.data.normalize = "record"    # 'record' | 'dataset' | 'none'
-  c.data.num_workers = 2         # grain worker processes (0 = in-process); 0 and 2 are on
-                                 # par on 2 cores (benchmarks/README.md), workers scale
-                                 # with cores and keep the trainer's process free.
-  c.data.read_threads = 1        # per worker; more threads only contend for the GIL.
+  c.data.num_workers = 0         # grain worker processes (0 = in-process). In-process reads
+                                 # 17.6k two-view samples/s on 1 core; 2 workers 10.1k,
+                                 # since grain copies each batch into fresh shared memory
+                                 # (benchmarks/README.md). Raise it on big hosts if the
+                                 # input pipeline shows up as the step's bottleneck.
+  c.data.read_threads = 1        # per process; more threads only contend for the GIL.
   c.data.prefetch = 256
   c.data.device_prefetch = 2
   c.data.skip_corrupt = False
@@ -110,7 +112,6 @@ def base(arg: str | None = None) -> ml_collections.ConfigDict:
     c.patch_ms = 200.0
     c.data.sampling_rate = 100.0
     c.data.window_s = 4.0
-    c.data.num_workers = 0
     c.data.synthetic.num_records = 1500
     c.data.synthetic.num_shards = 4
     c.optim.lr = 1e-3

@@ -81,33 +81,37 @@ def test_mixed_rates_in_one_batch_match_single_records(tmp_path):
   w = pipeline.WindowConfig(leads=leads, sampling_rate=250.0, window_samples=500,
                             stretch=(0.9, 1.1), source_rates=(250.0, 500.0, 1000.0),
                             segment_dtype="int16")
-  crop = pipeline.CropViews(w, 2, "class_index")
-  outs = []
+  cutter = pipeline.SegmentCutter(w, 2, "class_index", views=2)
+  records, draws = [], np.random.default_rng(0).random((3, 2, 2))
   for i, fs in enumerate((250.0, 500.0, 1000.0)):
     t = np.arange(int(10 * fs)) / fs
     sig = (np.stack([np.sin(2 * np.pi * 1.3 * t), np.cos(2 * np.pi * 0.7 * t)]) * 900).astype(np.int16)
     rec = EcgRecord(record_id=f"r{i}", signal=sig, sampling_rate=fs, leads=leads,
                     gain=np.array([900.0, 900.0], np.float32), labels=(i % 2,),
                     r_peaks=np.arange(0, sig.shape[1], int(fs)))
-    outs.append(crop.random_map(example.encode(rec), np.random.default_rng(i)))
-  batch_fn = pipeline.SegmentBatch(w, views=2)
-  together = windows.on_host(batch_fn(outs), w)
-  for i, o in enumerate(outs):
-    alone = windows.on_host(batch_fn([o]), w)
+    records.append(example.encode(rec))
+  batch = cutter.new_batch(3)
+  for i, data in enumerate(records):
+    cutter.fill(batch, i, data, draws[i])
+  together = windows.on_host(batch, w)
+  for i, data in enumerate(records):
+    one = cutter.new_batch(1)
+    cutter.fill(one, 0, data, draws[i])
+    alone = windows.on_host(one, w)
     np.testing.assert_allclose(together["view1"][i], alone["view1"][0], atol=1e-5)
+  np.testing.assert_array_equal(batch["label"], [[1, 0], [0, 1], [1, 0]])
   # Same underlying sinusoids: every rate gives a unit-variance window of the same shape.
   np.testing.assert_allclose(together["view1"].std(-1), 1.0, atol=1e-2)
 
 
 def test_choose_start_is_rpeak_aligned():
-  rng = np.random.default_rng(0)
+  u = np.random.default_rng(0).random(200)
   peaks = np.array([50, 300, 550, 800, 1050, 1300])
-  starts = {preprocess.choose_start(rng, peaks, 1500, 500, 25) for _ in range(200)}
-  assert starts <= {p - 25 for p in peaks if p - 25 + 500 <= 1500}
-  assert len(starts) > 1
-  # No usable beat: uniform fallback still gives a full window.
-  s = preprocess.choose_start(rng, np.array([], np.int64), 1500, 500, 25)
-  assert 0 <= s <= 1000
+  starts = {preprocess.choose_start(x, peaks, 1500, 500, 25) for x in u}
+  assert starts == {p - 25 for p in peaks if p - 25 + 500 <= 1500}  # every usable beat
+  # No usable beat: uniform fallback still gives a full window, anywhere in the record.
+  s = [preprocess.choose_start(x, np.array([], np.int64), 1500, 500, 25) for x in u]
+  assert 0 <= min(s) < 100 and 900 < max(s) <= 1000
 
 
 def test_normalize_record_and_absent_leads():
@@ -178,12 +182,38 @@ def test_iterator_resume_gives_the_same_next_batch(synthetic_shards, workers):
 
 def test_process_slices_are_disjoint_and_complete(synthetic_shards):
   src = ShardedSource(synthetic_shards, "train")
-  import grain
   n = len(src)
+  everything = {example.decode(src[i])["record_id"] for i in range(n)}
   for count in (2, 3):
     seen = []
     for p in range(count):
-      ds = grain.MapDataset.source(src).seed(0).shuffle()[p::count]
-      seen.append({example.decode(ds[i])["record_id"] for i in range(len(ds))})
-    assert sum(len(s) for s in seen) == n
-    assert set().union(*seen) == {example.decode(src[i])["record_id"] for i in range(n)}
+      ds = pipeline.process_records(src, 0, p, count)
+      share = len(range(p, n, count))  # first epoch: global elements p, p + count, ...
+      seen.append([example.decode(ds[i])["record_id"] for i in range(share)])
+    flat = [r for ids in seen for r in ids]
+    assert len(flat) == n and set(flat) == everything
+
+
+def test_record_order_is_a_fresh_permutation_each_epoch():
+  order = pipeline.RecordOrder(50, seed=4)
+  epochs = [[order[e * 50 + i] for i in range(50)] for e in range(3)]
+  assert all(sorted(e) == list(range(50)) for e in epochs)
+  assert epochs[0] != epochs[1] != epochs[2] and epochs[0] != list(range(50))
+  assert [pipeline.RecordOrder(50, seed=4)[i] for i in range(50)] == epochs[0]
+  assert [pipeline.RecordOrder(50, seed=5)[i] for i in range(50)] != epochs[0]
+
+
+def test_train_batch_is_a_pure_function_of_its_index(synthetic_shards):
+  """Batch k is the same read alone, after other batches, or through the iterator."""
+  c = _cfg(synthetic_shards)
+  it = iter(pipeline.make_train_dataset(c.data, 4, seed=3))
+  streamed = [next(it) for _ in range(3)]
+  src = pipeline.open_split(c.data, "train")
+  window = pipeline.WindowConfig.from_config(c.data, src.spec)
+  cutter = pipeline.SegmentCutter(window, len(src.spec["label_names"]),
+                                  src.spec["label_encoding"], views=2)
+  direct = pipeline.TrainBatches(src, cutter, 4, seed=3)
+  for k in (2, 0, 1):
+    for key, value in streamed[k].items():
+      np.testing.assert_array_equal(direct[k][key], value)
+  assert not np.array_equal(streamed[0]["seg1"], streamed[1]["seg1"])

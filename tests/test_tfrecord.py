@@ -56,6 +56,41 @@ def test_example_roundtrip_lossless(dtype):
   assert d["sampling_rate"] == 500.0
 
 
+def _same_record(a, b):
+  assert a.keys() == b.keys()
+  for k in a:
+    if isinstance(a[k], np.ndarray):
+      assert a[k].dtype == b[k].dtype, k
+      np.testing.assert_array_equal(a[k], b[k])
+    else:
+      assert a[k] == b[k], k
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.int32, np.float32])
+def test_decode_view_equals_decode_without_copying_the_signal(dtype):
+  data = np.frombuffer(example.encode(_record(3, dtype), "class_index", 3), np.uint8)
+  view = example.decode_view(data)
+  _same_record(view, example.decode(data))
+  assert np.shares_memory(view["signal"], data)  # a view into the record, not a copy
+
+
+def test_decode_view_falls_back_on_unexpected_layouts():
+  from tensorflow_datasets.proto import tf_example_generated_pb2 as pb
+  ex = pb.Example()
+  ex.ParseFromString(example.encode(_record(4), "class_index", 3))
+  ex.features.feature["signal"].bytes_list.value.append(b"\x00\x00")  # a second value
+  data = ex.SerializeToString()
+  view = example.decode_view(data)
+  _same_record(view, example.decode(data))
+  np.testing.assert_array_equal(view["signal"], _record(4).signal)
+  with pytest.raises(ValueError, match="r5.*bytes"):  # a short signal is named, not read
+    bad = pb.Example()
+    bad.ParseFromString(example.encode(_record(5), "class_index", 3))
+    sig = bad.features.feature["signal"].bytes_list.value
+    sig[0] = sig[0][:-2]
+    example.decode_view(bad.SerializeToString(deterministic=True))
+
+
 def test_class_index_labels():
   d = example.decode(example.encode(_record(2), "class_index", 3))
   np.testing.assert_array_equal(d["label"], [2])

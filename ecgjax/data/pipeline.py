@@ -1,9 +1,8 @@
 """grain input pipeline: shards -> shuffled, per-process, fixed-shape batches of two views.
 
-  MapDataset.source(ShardedSource).seed(s).shuffle().repeat()[pid::nproc]
-    .random_map(CropViews)            # decode, pick leads, R-peak starts and stretches
-    .batch(local_batch, SegmentBatch) # copy the cut raw samples into the batch
-    -> to_iter_dataset -> mp_prefetch(workers)
+  TrainBatches[k]                     # batch k: RecordOrder (seeded epochs, this process's
+                                      # share) -> ShardedSource -> SegmentCutter per record
+    -> to_iter_dataset(read threads) -> mp_prefetch(workers, optional)
   then, jitted in the train step: windows.views (resample, normalise), augment, mask.
 
 The host only parses and slices (int16 in, int16 out); the numeric work runs on the
@@ -16,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 from typing import Any, Sequence
 
 import grain
@@ -111,96 +111,166 @@ def lead_stats_array(lead_stats: dict[str, Any], leads: Sequence[str]) -> np.nda
                      [lead_stats.get(l, {}).get("std", 1.0) for l in leads]], np.float32)
 
 
-class CropViews(grain.transforms.RandomMap):
-  """Serialized Example -> where to cut one (eval) or two (train) views; no slicing yet.
+class SegmentCutter:
+  """One serialized record -> row ``j`` of a segment batch (fields: :mod:`windows`).
 
-  Each view is its own R-peak-aligned window with its own time stretch, so the
-  contrastive pair differs in beat and tempo; device-side augmentations add the rest.
-  Eval mode gives one deterministic window (starting at the first complete beat).
-  The element keeps the decoded record's signal (one array per record);
-  :class:`SegmentBatch` copies just the cut samples into the batch, and
-  :mod:`ecgjax.data.windows` resamples whole batches.
+  Per record the host only indexes: it finds the signal inside the mapped shard (no copy,
+  :func:`example.decode_view`), maps its leads to the configured order, picks each view's
+  R-peak-aligned start and time stretch, and copies those raw samples straight into the
+  batch arrays. Each training view is its own beat and tempo, so the contrastive pair
+  differs in both; device-side augmentations add the rest. Without draws (eval) there is
+  one deterministic window: no stretch, starting at the first complete beat.
   """
 
-  def __init__(self, window: WindowConfig, num_classes: int, label_encoding: str,
-               train: bool = True):
+  def __init__(self, window: WindowConfig, num_classes: int, label_encoding: str, views: int):
     self.window = window
     self.num_classes = num_classes
     self.label_encoding = label_encoding
-    self.train = train
-    self.dtype = np.dtype(window.segment_dtype)
-
-  def _cut(self, rec: dict[str, Any], rng: np.random.Generator | None, out, v: int):
-    w = self.window
-    rate = rec["sampling_rate"]
-    stretch = 1.0 if rng is None else rng.uniform(*w.stretch)
-    ratio = rate / w.sampling_rate * stretch
-    src_len = int(np.ceil(w.window_samples * ratio))
-    pre_r = int(round(w.pre_r_s * rate))
-    num_samples = rec["signal"].shape[1]
-    if rng is None:
-      r = rec["r_peaks"] - pre_r
-      ok = r[(r >= 0) & (r + src_len <= num_samples)]
-      start = int(ok[0]) if ok.size else 0
-    else:
-      start = preprocess.choose_start(rng, rec["r_peaks"], num_samples, src_len, pre_r)
-    out[f"start{v}"], out[f"len{v}"], out[f"ratio{v}"] = start, w.segment_length(rate), ratio
-
-  def labels(self, label: np.ndarray) -> np.ndarray:
-    if self.label_encoding == "multi_hot":
-      return label.astype(np.float32)
-    hot = np.zeros(self.num_classes, np.float32)
-    hot[label] = 1.0
-    return hot
-
-  def random_map(self, data, rng: np.random.Generator | None) -> dict[str, Any] | None:
-    if data is None:  # a corrupt record skipped by the source.
-      return None
-    rec = example.decode(data)
-    if rec["signal"].dtype != self.dtype and self.dtype == np.int16:
-      raise ValueError(f"record {rec['record_id']!r} stores {rec['signal'].dtype} samples but "
-                       f"spec.json signal_dtypes says int16 only; the spec and shards disagree")
-    rows, present = preprocess.lead_rows(rec["leads"], self.window.leads)
-    k = preprocess.decimation(rec["sampling_rate"], self.window.sampling_rate)
-    scale = np.zeros(rows.size, np.float32)
-    scale[present] = 1.0 / (k * rec["gain"][rows[present]])
-    in_order = rows.size == len(rec["leads"]) and rows.tolist() == list(range(rows.size))
-    out = {"signal": rec["signal"], "rows": None if in_order else rows, "lead_mask": present,
-           "label": self.labels(rec["label"]), "scale": scale, "k": k}
-    for v in ((1, 2) if self.train else (1,)):
-      self._cut(rec, rng, out, v)
-    return out
-
-
-class SegmentBatch:
-  """grain batch_fn: cut records -> a segment batch (fields: :mod:`ecgjax.data.windows`).
-
-  Copies each view's samples straight from the decoded record into the batch arrays (no
-  per-view array, no np.stack). Writing straight into grain's shared memory instead was
-  measured slower (5.6k vs 7.1k samples/s with 2 workers: fresh shm pages fault on every
-  small strided write), so grain copies finished batches there itself. Records skipped as
-  corrupt (None) are dropped, so an eval batch may be short.
-  """
-
-  def __init__(self, window: WindowConfig, views: int):
-    self.window = window
     self.views = views
+    self.dtype = np.dtype(window.segment_dtype)
+    self._keys = [(f"seg{v}", f"ratio{v}", f"valid{v}") for v in range(1, views + 1)]
+    self._seg_len: dict[float, int] = {}
 
-  def __call__(self, elements: Sequence[dict[str, Any] | None]) -> dict[str, np.ndarray]:
-    records = [e for e in elements if e is not None]
-    if not records:
-      raise ValueError(f"all {len(elements)} records of a batch were skipped as corrupt")
-    n = len(records)
+  def new_batch(self, n: int) -> dict[str, np.ndarray]:
     out = {key: np.empty(shape, dtype)
            for key, (shape, dtype) in self.window.batch_struct(n, self.views).items()}
-    out["label"] = np.stack([r["label"] for r in records])
-    for i, r in enumerate(records):
-      out["lead_mask"][i], out["scale"][i], out["k"][i] = r["lead_mask"], r["scale"], r["k"]
-      for v in range(1, self.views + 1):
-        out[f"ratio{v}"][i] = r[f"ratio{v}"]
-        out[f"valid{v}"][i] = preprocess.extract_segment(
-            r["signal"], r["rows"], r[f"start{v}"], r[f"len{v}"], out[f"seg{v}"][i])
+    out["label"] = np.zeros((n, self.num_classes), np.float32)
     return out
+
+  def fill(self, out: dict[str, np.ndarray], j: int, data, draws: np.ndarray | None) -> None:
+    """Writes record ``data`` into row ``j``; ``draws`` [views, 2] uniforms pick stretch, beat."""
+    w = self.window
+    rec = example.decode_view(data)
+    signal = rec["signal"]
+    if signal.dtype != self.dtype and self.dtype == np.int16:
+      raise ValueError(f"record {rec['record_id']!r} stores {signal.dtype} samples but "
+                       f"spec.json signal_dtypes says int16 only; the spec and shards disagree")
+    rows, present = preprocess.lead_rows(rec["leads"], w.leads)
+    rate = rec["sampling_rate"]
+    k = preprocess.decimation(rate, w.sampling_rate)
+    scale = out["scale"][j]
+    scale[:] = 0.0
+    scale[present] = 1.0 / (k * rec["gain"][rows[present]])
+    out["lead_mask"][j], out["k"][j] = present, k
+    if self.label_encoding == "multi_hot":
+      out["label"][j] = rec["label"]
+    else:
+      out["label"][j, rec["label"]] = 1.0
+    copy_rows = preprocess.copy_rows(rec["leads"], w.leads)
+    seg_len = self._seg_len.get(rate) or self._seg_len.setdefault(rate, w.segment_length(rate))
+    pre_r, num_samples = int(round(w.pre_r_s * rate)), signal.shape[1]
+    lo, hi = w.stretch
+    for v, (seg, ratio_key, valid_key) in enumerate(self._keys):
+      ratio = rate / w.sampling_rate * (1.0 if draws is None else lo + (hi - lo) * draws[v, 0])
+      src_len = int(np.ceil(w.window_samples * ratio))
+      if draws is None:
+        start = preprocess.first_beat_start(rec["r_peaks"], num_samples, src_len, pre_r)
+      else:
+        start = preprocess.choose_start(draws[v, 1], rec["r_peaks"], num_samples, src_len, pre_r)
+      out[ratio_key][j] = ratio
+      out[valid_key][j] = preprocess.extract_segment(signal, copy_rows, start, seg_len,
+                                                     out[seg][j])
+
+  def __call__(self, records: Sequence[Any]) -> dict[str, np.ndarray]:
+    """grain batch_fn for eval: records skipped as corrupt (None) are dropped (short batch)."""
+    records = [r for r in records if r is not None]
+    if not records:
+      raise ValueError("every record of a batch was skipped as corrupt")
+    out = self.new_batch(len(records))
+    for j, data in enumerate(records):
+      self.fill(out, j, data, None)
+    return out
+
+
+class RecordOrder(grain.MapDataset):
+  """Element i = the index of the i-th record this JAX process reads.
+
+  With a seed: epoch e is a seeded permutation of all n records (numpy, one per epoch and
+  cached: grain's per-element ``index_shuffle`` cost 16 us a record here, a third of the
+  host's whole per-record budget); the global stream is the epochs one after another and
+  process p of P takes its elements p, p + P, ... so each epoch is split disjointly and
+  completely. Without a seed: one pass in storage order, split the same way.
+  """
+
+  def __init__(self, num_records: int, seed: int | None, process_index: int = 0,
+               process_count: int = 1):
+    super().__init__()
+    self.n, self.seed = int(num_records), seed
+    self.process_index, self.process_count = int(process_index), int(process_count)
+    self._perms: dict[int, np.ndarray] = {}
+
+  def __len__(self) -> int:
+    if self.seed is not None:
+      return sys.maxsize
+    return len(range(self.process_index, self.n, self.process_count))
+
+  def __str__(self) -> str:
+    return (f"RecordOrder(n={self.n}, seed={self.seed}, "
+            f"process={self.process_index}/{self.process_count})")
+
+  def _perm(self, epoch: int) -> np.ndarray:
+    perm = self._perms.get(epoch)
+    if perm is None:
+      perm = np.random.default_rng((self.seed, epoch)).permutation(self.n)
+      self._perms = {epoch: perm, **{e: p for e, p in self._perms.items() if e == epoch - 1}}
+    return perm
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    g = self.process_index + int(index) * self.process_count
+    if self.seed is None:
+      if g >= self.n:
+        raise IndexError(f"element {index} past this process's {len(self)} records")
+      return g
+    return int(self._perm(g // self.n)[g % self.n])
+
+
+class TrainBatches(grain.MapDataset):
+  """Element k = this process's k-th two-view segment batch: a pure function of (seed, k).
+
+  One element per batch, not per record: grain's per-element chain (source -> shuffle ->
+  random_map -> batch) cost ~50 us a record, more than the record's own work. A batch's
+  random draws come from one generator seeded with (seed, process, k), so batch k is the
+  same after a restore, with any number of workers. A record skipped as corrupt is replaced
+  by the record at the same position of the next epoch, so batches keep their size.
+  """
+
+  def __init__(self, source: ShardedSource, cutter: SegmentCutter, batch_size: int, seed: int,
+               process_index: int = 0, process_count: int = 1):
+    super().__init__()
+    self.source, self.cutter, self.batch_size, self.seed = source, cutter, batch_size, seed
+    self.process_index = process_index
+    self.order = RecordOrder(len(source), seed, process_index, process_count)
+    self._per_epoch = -(-len(source) // process_count)
+
+  def __len__(self) -> int:
+    return sys.maxsize
+
+  def __str__(self) -> str:
+    return f"TrainBatches({self.source!r}, batch={self.batch_size}, seed={self.seed})"
+
+  def _read(self, position: int):
+    for attempt in range(_MAX_REPLACEMENTS):
+      data = self.source[self.order[position + attempt * self._per_epoch]]
+      if data is not None:
+        return data
+    raise RuntimeError(f"{_MAX_REPLACEMENTS} records in a row were corrupt in {self.source!r}; "
+                       "the shards need re-converting")
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    k, b = int(index), self.batch_size
+    draws = np.random.default_rng((self.seed, self.process_index, k)).random(
+        (b, self.cutter.views, 2))
+    out = self.cutter.new_batch(b)
+    for j in range(b):
+      self.cutter.fill(out, j, self._read(k * b + j), draws[j])
+    return out
+
+
+_MAX_REPLACEMENTS = 100
 
 
 class ResampleViews(grain.transforms.Map):
@@ -220,16 +290,8 @@ def open_split(data_cfg, split: str) -> ShardedSource:
 
 def process_records(source, seed: int | None, process_index: int = 0,
                     process_count: int = 1) -> grain.MapDataset:
-  """The serialized records this JAX process reads, in order.
-
-  With a seed: the seeded global shuffle, repeated; process p takes elements p, p + n, ...
-  of it, so each epoch of the global order is split disjointly and completely over the n
-  processes. Without a seed: one pass in storage order (eval), split the same way.
-  """
-  ds = grain.MapDataset.source(source)
-  if seed is not None:
-    ds = ds.seed(seed).shuffle().repeat()
-  return ds[process_index::process_count]
+  """The serialized records this JAX process reads, in order (see :class:`RecordOrder`)."""
+  return RecordOrder(len(source), seed, process_index, process_count).map(source.__getitem__)
 
 
 def make_train_dataset(data_cfg, local_batch: int, seed: int, process_index: int = 0,
@@ -243,21 +305,11 @@ def make_train_dataset(data_cfg, local_batch: int, seed: int, process_index: int
   if len(source) < process_count:
     raise ValueError(f"{source!r} has fewer records than JAX processes ({process_count})")
   window = WindowConfig.from_config(data_cfg, source.spec)
-  num_classes = len(source.spec["label_names"])
-  ds = process_records(source, seed, process_index, process_count)
-  ds = ds.random_map(CropViews(window, num_classes, source.spec["label_encoding"], train=True))
-  read = grain.ReadOptions(num_threads=int(data_cfg.read_threads),
-                           prefetch_buffer_size=int(data_cfg.prefetch))
-  batch_fn = SegmentBatch(window, views=2)
-  if data_cfg.get("skip_corrupt", False):
-    # grain cannot batch a filtered MapDataset: records skipped as corrupt are dropped on
-    # the iterator, so batches keep their size.
-    it_ds = ds.to_iter_dataset(read).filter(lambda x: x is not None)
-    it_ds = it_ds.batch(local_batch, drop_remainder=True, batch_fn=batch_fn)
-  else:
-    # Batches (not records) are the unit the read threads and workers prefetch: grain's
-    # per-element iterator overhead was ~half the host time when records were.
-    it_ds = ds.batch(local_batch, drop_remainder=True, batch_fn=batch_fn).to_iter_dataset(read)
+  cutter = SegmentCutter(window, len(source.spec["label_names"]), source.spec["label_encoding"],
+                         views=2)
+  ds = TrainBatches(source, cutter, local_batch, seed, process_index, process_count)
+  it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=int(data_cfg.read_threads),
+                                               prefetch_buffer_size=int(data_cfg.prefetch)))
   if int(data_cfg.num_workers) > 0:
     # grain's worker processes read absl flags; library callers (tests, notebooks) may
     # not have parsed any.
@@ -276,10 +328,9 @@ def make_eval_dataset(data_cfg, split: str, batch_size: int, process_index: int 
   """One deterministic pass over ``split``: fixed windows, last batch kept (may be short)."""
   source = open_split(data_cfg, split)
   window = WindowConfig.from_config(data_cfg, source.spec)
-  num_classes = len(source.spec["label_names"])
+  cutter = SegmentCutter(window, len(source.spec["label_names"]), source.spec["label_encoding"],
+                         views=1)
   ds = process_records(source, None, process_index, process_count)
-  crop = CropViews(window, num_classes, source.spec["label_encoding"], train=False)
-  ds = ds.map(lambda data: crop.random_map(data, None))
   # Records skipped as corrupt (None) are dropped inside their batch, which then is shorter.
-  return ds.batch(batch_size, drop_remainder=False, batch_fn=SegmentBatch(window, 1)).map(
+  return ds.batch(batch_size, drop_remainder=False, batch_fn=cutter).map(
       ResampleViews(window)), source

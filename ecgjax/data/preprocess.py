@@ -32,12 +32,24 @@ def _lead_rows(record_leads: tuple[str, ...], target_leads: tuple[str, ...]):
   return rows, present
 
 
-def choose_start(rng: np.random.Generator, r_peaks: np.ndarray, num_samples: int,
-                 src_len: int, pre_r: int) -> int:
-  """Start of an R-peak-aligned window: ``pre_r`` samples before a random detected beat.
+def copy_rows(record_leads: Sequence[str], target_leads: Sequence[str]) -> np.ndarray | None:
+  """``rows`` for :func:`extract_segment`: None when the record already is in target order."""
+  return _copy_rows(tuple(record_leads), tuple(target_leads))
 
-  Falls back to a uniform start when no beat leaves room for a full window (few or no
-  peaks, e.g. asystole or a failed detection), so every record still yields a window.
+
+@functools.lru_cache(maxsize=1024)
+def _copy_rows(record_leads: tuple[str, ...], target_leads: tuple[str, ...]):
+  rows, _ = _lead_rows(record_leads, target_leads)
+  return None if rows.tolist() == list(range(len(record_leads))) else rows
+
+
+def choose_start(u: float, r_peaks: np.ndarray, num_samples: int, src_len: int,
+                 pre_r: int) -> int:
+  """Start of an R-peak-aligned window: ``pre_r`` samples before a beat picked by ``u``.
+
+  ``u`` is a uniform draw in [0, 1) (the pipeline draws a whole batch's at once). Falls
+  back to a uniform start when no beat leaves room for a full window (few or no peaks,
+  e.g. asystole or a failed detection), so every record still yields a window.
   """
   last = num_samples - src_len
   if last <= 0:
@@ -45,8 +57,15 @@ def choose_start(rng: np.random.Generator, r_peaks: np.ndarray, num_samples: int
   starts = r_peaks - pre_r
   starts = starts[(starts >= 0) & (starts <= last)]
   if starts.size:
-    return int(starts[rng.integers(starts.size)])
-  return int(rng.integers(last + 1))
+    return int(starts[int(u * starts.size)])
+  return int(u * (last + 1))
+
+
+def first_beat_start(r_peaks: np.ndarray, num_samples: int, src_len: int, pre_r: int) -> int:
+  """The eval window's start: ``pre_r`` before the first beat with a full window after it."""
+  r = r_peaks - pre_r
+  ok = r[(r >= 0) & (r + src_len <= num_samples)]
+  return int(ok[0]) if ok.size else 0
 
 
 def decimation(source_rate: float, target_rate: float) -> int:

@@ -75,6 +75,36 @@ def test_skip_corrupt_counts_bad_records(shards, caplog):
   assert caplog.text.count(f"skipping corrupt record") == 2 and path in caplog.text
 
 
+def test_skipped_records_are_replaced_so_train_batches_keep_their_size(shards):
+  """TrainBatches swaps a corrupt record for the one at its place in the next epoch."""
+  from ecgjax.data import pipeline
+  path = _train_shard(shards)
+  offsets = tfrecord.read_index(path)
+  bad = {1, 5}
+  for k in bad:
+    _patch(path, int(offsets[k] + tfrecord.HEADER_BYTES + 7))
+  src = ShardedSource(str(shards), "train", skip_corrupt=True)
+  window = pipeline.WindowConfig(leads=("I", "II"), sampling_rate=100.0, window_samples=100,
+                                 source_rates=tuple(float(r) for r in src.spec["sampling_rates"]))
+  cutter = pipeline.SegmentCutter(window, len(src.spec["label_names"]),
+                                  src.spec["label_encoding"], views=2)
+  n = len(src)
+  ds = pipeline.TrainBatches(src, cutter, n, seed=0)  # one batch = one epoch
+  batch = ds[0]
+  assert batch["seg1"].shape[0] == n and np.isfinite(batch["scale"]).all()
+  assert src.num_skipped == 2  # each bad record was read once, counted, and replaced
+  # Each replaced row holds the record at the same position of epoch 1, cut with the
+  # row's own draws.
+  replaced = [j for j in range(n) if ds.order[j] in bad]  # first train shard = records 0..
+  assert len(replaced) == 2
+  draws = np.random.default_rng((0, 0, 0)).random((n, 2, 2))
+  for j in replaced:
+    one = cutter.new_batch(1)
+    cutter.fill(one, 0, src[ds.order[j + n]], draws[j])
+    for key in one:
+      np.testing.assert_array_equal(one[key][0], batch[key][j])
+
+
 def _strict_raises_then_skipping(shards, path, error, match, caplog):
   """A strict source raises ``error`` naming ``path``; a skipping one opens (and logs it).
 
