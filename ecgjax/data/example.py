@@ -68,22 +68,8 @@ def decode(data: bytes | memoryview | np.ndarray) -> dict[str, Any]:
   ex = _pb.Example()
   ex.ParseFromString(memoryview(data))
   f = ex.features.feature
-  dtype = f["dtype"].bytes_list.value[0].decode()
-  shape = tuple(f["shape"].int64_list.value)
-  signal = np.frombuffer(f["signal"].bytes_list.value[0], dtype=_DTYPES[dtype])
-  if signal.size != int(np.prod(shape)):
-    raise ValueError(f"record {f['record_id'].bytes_list.value[0]!r}: signal has "
-                     f"{signal.size} values but shape is {shape}")
-  return {
-      "signal": signal.reshape(shape),
-      "gain": np.asarray(f["gain"].float_list.value, np.float32),
-      "sampling_rate": float(f["sampling_rate"].float_list.value[0]),
-      "leads": tuple(v.decode() for v in f["leads"].bytes_list.value),
-      "r_peaks": np.asarray(f["r_peaks"].int64_list.value, np.int64),
-      "record_id": f["record_id"].bytes_list.value[0].decode(),
-      "label": np.asarray(f["label"].int64_list.value, np.int64),
-      "split": f["split"].bytes_list.value[0].decode(),
-  }
+  signal = f["signal"].bytes_list.value[0]
+  return _fields(f, signal, 0, len(signal))
 
 
 def decode_view(data: bytes | memoryview | np.ndarray) -> dict[str, Any]:
@@ -102,7 +88,11 @@ def decode_view(data: bytes | memoryview | np.ndarray) -> dict[str, Any]:
   meta, offset, size = found
   features = _feature_pb.Features()
   features.ParseFromString(meta)
-  f = features.feature
+  return _fields(features.feature, buf, offset, size)
+
+
+def _fields(f, buf, offset: int, size: int) -> dict[str, Any]:
+  """The record's fields from a parsed feature map; its signal is ``buf[offset:+size]``."""
   dtype = _DTYPES[f["dtype"].bytes_list.value[0].decode()]
   shape = tuple(f["shape"].int64_list.value)
   count = int(np.prod(shape))
