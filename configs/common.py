@@ -70,7 +70,7 @@ def base(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.stretch = (0.9, 1.1)    # time-stretch range (both views independently).
   c.data.normalize = "record"    # 'record' | 'dataset' | 'none'
   c.data.num_workers = 0         # grain worker processes (0 = in-process). In-process reads
-                                 # 17.6k two-view samples/s on 1 core; 2 workers 10.1k,
+                                 # 17.5k two-view samples/s on 1 core; 2 workers 9.0k,
                                  # since grain copies each batch into fresh shared memory
                                  # (benchmarks/README.md). Raise it on big hosts if the
                                  # input pipeline shows up as the step's bottleneck.

@@ -15,6 +15,7 @@ The proto class comes from tensorflow_datasets, which imports without TensorFlow
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -95,7 +96,7 @@ def _fields(f, buf, offset: int, size: int) -> dict[str, Any]:
   """The record's fields from a parsed feature map; its signal is ``buf[offset:+size]``."""
   dtype = _DTYPES[f["dtype"].bytes_list.value[0].decode()]
   shape = tuple(f["shape"].int64_list.value)
-  count = int(np.prod(shape))
+  count = math.prod(shape)
   if size != count * dtype.itemsize:
     raise ValueError(f"record {f['record_id'].bytes_list.value[0]!r}: signal has {size} bytes "
                      f"but shape {shape} of {dtype.name} needs {count * dtype.itemsize}")
