@@ -132,9 +132,8 @@ class Pretrained:
         used = rows[present]
         r_peaks = rpeaks.detect_r_peaks(x[used], sampling_rate,
                                         [names[i] for i in used])
-      r = np.asarray(r_peaks, np.int64) - int(round(w.pre_r_s * sampling_rate))
-      ok = r[(r >= 0) & (r + need <= num_samples)]
-      starts = [int(ok[0]) if ok.size else 0]
+      starts = [preprocess.first_beat_start(np.asarray(r_peaks, np.int64), num_samples, need,
+                                            int(round(w.pre_r_s * sampling_rate)))]
     ratio = sampling_rate / w.sampling_rate
     k = preprocess.decimation(sampling_rate, w.sampling_rate)
     seg_len = preprocess.segment_length(w.window_samples, ratio, 1.0)
