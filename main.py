@@ -92,17 +92,17 @@ def _run_job(config) -> None:
     from ecgjax import train  # pylint: disable=g-import-not-at-top
     result = train.train_and_evaluate(config, _WORKDIR.value)
     if config.get("probe_at_end"):
-      from ecgjax import probe  # pylint: disable=g-import-not-at-top
+      from ecgjax.evaluation import probe  # pylint: disable=g-import-not-at-top
       probe.demo_summary(config, _WORKDIR.value)
     logging.info("done: %s", result)
   elif job == "probe":
-    from ecgjax import probe  # pylint: disable=g-import-not-at-top
+    from ecgjax.evaluation import probe  # pylint: disable=g-import-not-at-top
     probe.run(config, _WORKDIR.value)
   elif job == "finetune":
-    from ecgjax import finetune  # pylint: disable=g-import-not-at-top
+    from ecgjax.evaluation import finetune  # pylint: disable=g-import-not-at-top
     finetune.run(config, _WORKDIR.value)
   elif job == "export":
-    from ecgjax import export  # pylint: disable=g-import-not-at-top
+    from ecgjax.inference import export  # pylint: disable=g-import-not-at-top
     export.run(config)
   else:
     raise app.UsageError(f"config.job={job!r}; expected pretrain, probe, finetune or export")

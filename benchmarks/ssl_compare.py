@@ -88,7 +88,8 @@ def main() -> None:
   command = "python " + " ".join(shlex.quote(x) for x in sys.argv)
   if a.data == "/tmp/ecgjax_ptbxl_shards":
     ensure_ptbxl(a.data)
-  from ecgjax import probe, train  # pylint: disable=g-import-not-at-top
+  from ecgjax import train  # pylint: disable=g-import-not-at-top
+  from ecgjax.evaluation import probe  # pylint: disable=g-import-not-at-top
   rows, runs = [], {}
   for objective in a.objectives.split(","):
     run_dir = os.path.join(a.workdir, objective)

@@ -302,9 +302,9 @@ def benchmark_config(config, batch: dict[str, np.ndarray], steps: int,
                      compile_modes=("eager", "compile")) -> dict[str, Any]:
   """Times the reference HL step for an ecgjax training ``config`` on ``batch``."""
   torch = _torch()
-  from ecgjax import train  # pylint: disable=g-import-not-at-top
+  from ecgjax import state as state_lib  # pylint: disable=g-import-not-at-top
   dev = _device()
-  mcfg = train.model_config(config)
+  mcfg = state_lib.model_config(config)
   lcfg, rate = config.loss, float(config.data.sampling_rate)
   v1 = torch.from_numpy(batch["view1"]).to(dev)
   v2 = torch.from_numpy(batch["view2"]).to(dev)
@@ -332,11 +332,11 @@ def benchmark_stmem(config, batch: dict[str, np.ndarray], steps: int,
   except ImportError:
     return {"skipped": "einops not installed (pip install einops)"}
   torch = _torch()
-  from ecgjax import train  # pylint: disable=g-import-not-at-top
+  from ecgjax import state as state_lib  # pylint: disable=g-import-not-at-top
   if str(STMEM_DIR) not in sys.path:
     sys.path.insert(0, str(STMEM_DIR))
   from models import st_mem  # pylint: disable=g-import-not-at-top
-  mcfg = train.model_config(config)
+  mcfg = state_lib.model_config(config)
   dev = _device()
   x = torch.from_numpy(batch["view1"]).to(dev)
   seq_len = x.shape[-1]
@@ -363,7 +363,7 @@ def main() -> None:
   import json  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, str(_ROOT))
   sys.path.insert(0, str(_ROOT / "benchmarks"))
-  import train_step  # pylint: disable=g-import-not-at-top
+  import step_inputs  # pylint: disable=g-import-not-at-top
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--model", default="tiny")
   p.add_argument("--seconds", type=float, default=5.0)
@@ -374,9 +374,9 @@ def main() -> None:
   p.add_argument("--modes", default="eager,compile")
   p.add_argument("--stmem", action="store_true")
   a = p.parse_args()
-  config = train_step.make_config(a.model, a.seconds, a.rate, a.batch, a.objective,
-                                  dtype="float32")
-  batch = train_step.random_views(config)
+  config = step_inputs.make_config(a.model, a.seconds, a.rate, a.batch, a.objective,
+                                   dtype="float32")
+  batch = step_inputs.random_views(config)
   out = {"reference": benchmark_config(config, batch, a.steps, a.modes.split(","))}
   if a.stmem:
     out["stmem"] = benchmark_stmem(config, batch, a.steps, a.modes.split(","))

@@ -15,7 +15,7 @@ peer in a second process at the batch JAX used (same device, same batch):
   --no-jax (only --torch/--stmem, at --batch=N: on a GPU time PyTorch in its own process,
           because JAX keeps the memory it has used and PyTorch then runs out of it)
 
-The step is exactly the one ``train.train_and_evaluate`` runs: ``train.create_state`` +
+The step is exactly the one ``train.train_and_evaluate`` runs: ``state.create_state`` +
 ``train.compile_step`` (AOT, donated state) on random int16 segment batches placed with
 the batch sharding, so the timed step includes the on-device resample and normalisation
 (the PyTorch reference gets the finished windows, which favours it slightly). Step time is the median over ``--steps`` calls after two warm-up calls, each
@@ -28,10 +28,8 @@ inputs before masking).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import gc
-import importlib
 import json
 import os
 import pathlib
@@ -50,53 +48,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ecgjax import config_validation  # pylint: disable=g-import-not-at-top
+from ecgjax import config as config_lib  # pylint: disable=g-import-not-at-top
 from ecgjax import sharding
+from ecgjax import state as state_lib
 from ecgjax import train
-from ecgjax.data import pipeline
-from ecgjax.data import windows
+from step_inputs import bench_window, make_config, on_accelerator, random_batch, random_views
 
 _OOM_MARKERS = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory", "OOM")
-
-
-def on_accelerator() -> bool:
-  return jax.default_backend() in ("gpu", "tpu")
-
-
-def make_config(model: str, seconds: float, rate: float, batch: int, objective: str = "hl",
-                dtype: str = "auto", remat: str = "none", attention: str | None = None):
-  """The objective's training config at this size, window, rate and global batch."""
-  config = importlib.import_module(f"configs.{objective}").get_config(model)
-  config.data.sampling_rate = float(rate)
-  config.data.window_s = float(seconds)
-  config.global_batch = int(batch)
-  config.mesh.update(data=-1, fsdp=1, tensor=1)
-  if dtype == "auto":
-    dtype = "bfloat16" if on_accelerator() else "float32"
-  config.model.dtype = dtype
-  config.model.remat = remat
-  config.model.attention_impl = attention
-  config_validation.validate(config)
-  return config
-
-
-def bench_window(config) -> pipeline.WindowConfig:
-  """The config's windows, cut from int16 records at the model's rate (converted shards)."""
-  return dataclasses.replace(train.window_config(config),
-                             source_rates=(float(config.data.sampling_rate),),
-                             segment_dtype="int16")
-
-
-def random_batch(config, seed: int = 0) -> dict[str, np.ndarray]:
-  """Host segment batch (what the grain pipeline yields), all leads on."""
-  return pipeline.random_batch(bench_window(config), config.global_batch, seed)
-
-
-def random_views(config, seed: int = 0) -> dict[str, np.ndarray]:
-  """{'view1', 'view2': [B, L, T] f32, 'lead_mask'}: the same batch as windows, for PyTorch."""
-  segments = random_batch(config, seed)
-  return {"lead_mask": segments["lead_mask"],
-          **windows.on_host(segments, bench_window(config))}
 
 
 def _memory(compiled) -> dict[str, float | None]:
@@ -139,7 +97,7 @@ def _is_oom(e: BaseException) -> bool:
 def run_jax(config, steps: int, warmup: int = 2) -> dict[str, Any]:
   """Builds, compiles and times the production step for ``config``."""
   mesh = sharding.make_mesh(config.mesh)
-  graphdef, state, shardings, _ = train.create_state(config, mesh)
+  graphdef, state, shardings, _ = state_lib.create_state(config, mesh)
   t0 = time.perf_counter()
   compiled, batch_abs = train.compile_step(config, graphdef, state, shardings, mesh,
                                             bench_window(config))
@@ -191,7 +149,7 @@ def summarise(config, r: dict[str, Any]) -> dict[str, Any]:
   """Throughput, FLOP rate and MFU from a run_jax result."""
   step_s = statistics.median(r["step_times_s"])
   b = config.global_batch
-  tokens = len(config.data.leads) * config_validation.num_patches(config)
+  tokens = len(config.data.leads) * config_lib.num_patches(config)
   flops = train.flops_per_step(config)
   peak = train._peak_flops()  # pylint: disable=protected-access
   achieved = flops / step_s
@@ -286,8 +244,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       r, max_batch = run_jax(make(batch), args.steps), None
     config = make(batch)
     row = dict(model=args.model, seconds=seconds, batch=batch, max_batch_pow2=max_batch,
-               patch_size=config_validation.patch_size(config),
-               patches_per_lead=config_validation.num_patches(config),
+               patch_size=config_lib.patch_size(config),
+               patches_per_lead=config_lib.num_patches(config),
                dtype=config.model.dtype, jax=r and summarise(config, r))
     if r:
       print(f"[{args.model} {seconds:g}s b={batch}] jax {row['jax']['samples_per_s']:.2f} "

@@ -7,6 +7,6 @@ converters do, in worker processes) does not pull in JAX and Flax.
 
 def __getattr__(name: str):
   if name == "load_pretrained":
-    from ecgjax.pretrained import load_pretrained  # pylint: disable=g-import-not-at-top
+    from ecgjax.inference.pretrained import load_pretrained  # pylint: disable=g-import-not-at-top
     return load_pretrained
   raise AttributeError(f"module 'ecgjax' has no attribute {name!r}")

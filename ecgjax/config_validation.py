@@ -7,39 +7,13 @@ import os
 import jax
 import ml_collections
 
+from ecgjax.config import ConfigError, _check, num_patches, patch_size  # noqa: F401 (re-exported)
 from ecgjax.data.records import STANDARD_LEADS
 from ecgjax.models import signal_transformer
 from ecgjax.sharding import MESH_AXES, resolve_mesh_shape
 
 _NORMALIZE = ("record", "dataset", "none")
 _EXTRA_TOP_LEVEL = ("job",)  # main.py's dispatch key.
-
-
-class ConfigError(ValueError):
-  pass
-
-
-def _check(cond: bool, field: str, msg: str) -> None:
-  if not cond:
-    raise ConfigError(f"config.{field}: {msg}")
-
-
-def patch_size(config) -> int:
-  """Samples per patch at the model's rate; patch_ms must land on a whole sample count."""
-  exact = config.patch_ms * config.data.sampling_rate / 1000.0
-  _check(abs(exact - round(exact)) < 1e-6 and round(exact) >= 1, "patch_ms",
-         f"{config.patch_ms} ms at {config.data.sampling_rate} Hz is {exact:g} samples; "
-         "choose a patch length that is a whole number (>= 1) of samples")
-  return int(round(exact))
-
-
-def num_patches(config) -> int:
-  window = config.data.window_s * config.data.sampling_rate
-  p = patch_size(config)
-  _check(abs(window - round(window)) < 1e-6 and round(window) % p == 0, "data.window_s",
-         f"{config.data.window_s} s at {config.data.sampling_rate} Hz = {window:g} samples, "
-         f"not a multiple of the patch ({p} samples)")
-  return int(round(window)) // p
 
 
 def unknown_keys(config, reference) -> list[tuple[str, list[str]]]:

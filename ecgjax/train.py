@@ -25,11 +25,13 @@ import optax
 from flax import nnx
 
 from ecgjax import checkpoint as ckpt_lib
+from ecgjax import config as config_lib
 from ecgjax import config_validation
 from ecgjax import demo_data
 from ecgjax import input as input_lib
 from ecgjax import metrics as metrics_lib
 from ecgjax import sharding
+from ecgjax import state as state_lib
 from ecgjax.data import augment
 from ecgjax.data import pipeline
 from ecgjax.data import source as source_lib
@@ -45,46 +47,6 @@ PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12,
 
 class NonFiniteError(FloatingPointError):
   pass
-
-
-def model_config(config) -> ml_collections.ConfigDict:
-  """The size preset with the config's overrides and the data-derived patch geometry."""
-  overrides = dict(config.model)
-  overrides.update(num_leads=len(config.data.leads),
-                   patch_size=config_validation.patch_size(config),
-                   max_patches=config_validation.num_patches(config))
-  return st.model_config(config.model_size, **overrides)
-
-
-def make_optimizer(o, total_steps: int) -> optax.GradientTransformation:
-  schedule = optax.warmup_cosine_decay_schedule(
-      0.0, o.lr, int(o.warmup_steps), max(int(total_steps), int(o.warmup_steps) + 1),
-      end_value=o.lr * o.min_lr_ratio)
-  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
-  tx = optax.chain(
-      optax.clip_by_global_norm(o.clip_norm),
-      optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask))
-  # Skips (and counts) updates whose gradients are not finite; the loop stops the run
-  # after max_bad_steps in a row. Its counters live in the optimizer state (checkpointed)
-  # and come back from the step as metrics (see _nonfinite_metrics).
-  return optax.apply_if_finite(tx, max_consecutive_errors=2**30), schedule
-
-
-def create_state(config, mesh):
-  """(graphdef, sharded state, state shardings, schedule) for model + optimizer."""
-  mcfg = model_config(config)
-  tx, schedule = make_optimizer(config.optim, config.total_steps)
-
-  def init():
-    model = st.SignalTransformer(mcfg, rngs=nnx.Rngs(config.seed))
-    return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
-
-  rules = sharding.rules_from_config(config.sharding_rules)
-  with nnx.use_eager_sharding(False), nnx.logical_axis_rules(rules):
-    graphdef, abstract_state = nnx.split(nnx.eval_shape(init))
-    shardings = sharding.state_shardings(abstract_state, mesh, rules)
-    state = jax.jit(lambda: nnx.split(init())[1], out_shardings=shardings)()
-  return graphdef, state, shardings, schedule
 
 
 def _augment_cfg(config) -> ml_collections.ConfigDict:
@@ -238,7 +200,7 @@ def compile_step(config, graphdef, state, shardings, mesh,
 
 
 def flops_per_step(config) -> float:
-  mcfg = model_config(config)
+  mcfg = state_lib.model_config(config)
   total = len(config.data.leads) * mcfg.max_patches
   visible = max(1, int(round((1 - config.loss.mask_ratio) * total)))
   per_view = st.flops_per_sample(mcfg, visible, total, with_decoder=config.loss.mae_weight > 0)
@@ -257,7 +219,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=1))
 
-  graphdef, state, shardings, schedule = create_state(config, mesh)
+  graphdef, state, shardings, schedule = state_lib.create_state(config, mesh)
   params = nnx.state(nnx.merge(graphdef, state)[0], nnx.Param)
   n_params = sum(x.size for x in jax.tree.leaves(params))
   # Room for one more (uncompressed) checkpoint, checked before anything compiles.
@@ -376,6 +338,6 @@ def _make_plotter(config, workdir, graphdef, mesh, writer):
       path = os.path.join(workdir, "plots", f"recon_{step:07d}.png")
       plots.reconstruction(path, np.asarray(batch["view1"][0]), np.asarray(pred[0]),
                            np.asarray(masked[0]), list(config.data.leads),
-                           config_validation.patch_size(config), config.data.sampling_rate, step)
+                           config_lib.patch_size(config), config.data.sampling_rate, step)
       writer.image(step, "reconstruction", path)
   return plot

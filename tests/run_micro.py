@@ -6,7 +6,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ecgjax import export, train  # noqa: E402
+from ecgjax import train  # noqa: E402
+from ecgjax.inference import export  # noqa: E402
 from tests.conftest import micro_config  # noqa: E402
 
 if __name__ == "__main__":

@@ -7,10 +7,10 @@ import pytest
 from flax import nnx
 
 import ecgjax
-from ecgjax import embed as embed_cli
-from ecgjax import export
 from ecgjax.data import example, pipeline
 from ecgjax.data.records import STANDARD_LEADS
+from ecgjax.inference import embed as embed_cli
+from ecgjax.inference import export
 from tests.trained_run import shared_trained_run
 
 

@@ -7,8 +7,9 @@ import numpy as np
 from flax import nnx
 
 import configs.finetune as finetune_cfg
-from ecgjax import encoder as encoder_lib
-from ecgjax import export, finetune
+from ecgjax.evaluation import finetune
+from ecgjax.inference import encoder as encoder_lib
+from ecgjax.inference import export
 from tests.trained_run import trained_run  # noqa: F401  (fixture)
 
 

@@ -6,11 +6,11 @@ import shutil
 import numpy as np
 import pytest
 
-from ecgjax import encoder as encoder_lib
-from ecgjax import probe
-from ecgjax import probe_data
-from ecgjax import probe_fit
-from ecgjax import probe_metrics as pm
+from ecgjax.evaluation import embeddings as probe_data
+from ecgjax.evaluation import fit as probe_fit
+from ecgjax.evaluation import metrics as pm
+from ecgjax.evaluation import probe
+from ecgjax.inference import encoder as encoder_lib
 from tests.conftest import micro_config, requires_shared
 from tests.trained_run import shared_trained_run
 
@@ -295,7 +295,7 @@ def test_ptbxl_subset_multilabel_probe_and_embedding_match(trained_run, tmp_path
   assert res["results"][0]["test"]["macro_auroc"] is not None
 
   import ecgjax  # pylint: disable=g-import-not-at-top
-  from ecgjax import export  # pylint: disable=g-import-not-at-top
+  from ecgjax.inference import export  # pylint: disable=g-import-not-at-top
   from ecgjax.data import example, pipeline  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top

@@ -12,10 +12,11 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from ecgjax import checkpoint as ckpt_lib
-from ecgjax import export
 from ecgjax import sharding
+from ecgjax import state as state_lib
 from ecgjax import train
 from ecgjax.data import pipeline
+from ecgjax.inference import export
 from tests.conftest import micro_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _one_step(cfg):
   mesh = sharding.make_mesh(cfg.mesh)
-  graphdef, state, shardings, _ = train.create_state(cfg, mesh)
+  graphdef, state, shardings, _ = state_lib.create_state(cfg, mesh)
   compiled, batch_abs = train.compile_step(cfg, graphdef, state, shardings, mesh)
   host = pipeline.random_batch(train.window_config(cfg), cfg.global_batch)
   batch = {k: jax.device_put(host[k], v.sharding) for k, v in batch_abs.items()}

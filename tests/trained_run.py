@@ -25,7 +25,8 @@ def _locked(path: str):
 
 
 def make_trained_run(run_dir: str, data_path: str) -> str:
-  from ecgjax import export, train  # pylint: disable=g-import-not-at-top
+  from ecgjax import train  # pylint: disable=g-import-not-at-top
+  from ecgjax.inference import export  # pylint: disable=g-import-not-at-top
   cfg = micro_config(data_path)
   cfg.total_steps = 3
   cfg.log_every = 3

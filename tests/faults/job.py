@@ -24,7 +24,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 import jax.numpy as jnp  # noqa: E402
 
 from ecgjax import checkpoint as ckpt_lib  # noqa: E402
-from ecgjax import export, train  # noqa: E402
+from ecgjax import train  # noqa: E402
+from ecgjax.inference import export  # noqa: E402
 from tests.conftest import micro_config  # noqa: E402
 
 

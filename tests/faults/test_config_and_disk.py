@@ -8,6 +8,7 @@ import pytest
 
 from ecgjax import checkpoint as ckpt_lib
 from ecgjax import config_validation as cv
+from ecgjax import state as state_lib
 from ecgjax import train
 from tests.conftest import micro_config
 from tests.faults.conftest import ROOT
@@ -85,7 +86,7 @@ def _no_compile(monkeypatch):
 
 def test_bad_config_fails_before_any_state_or_compile(monkeypatch, tmp_path, synthetic_shards):
   forbidden = _no_compile(monkeypatch)
-  monkeypatch.setattr(train, "create_state", forbidden)
+  monkeypatch.setattr(state_lib, "create_state", forbidden)
   c = micro_config(synthetic_shards)
   c.global_batch = 12
   with pytest.raises(cv.ConfigError, match="config.global_batch"):
@@ -103,7 +104,7 @@ def test_unknown_command_line_override_is_rejected(tmp_path):
 
 def test_unwritable_workdir_fails_before_training(monkeypatch, tmp_path, synthetic_shards):
   forbidden = _no_compile(monkeypatch)
-  monkeypatch.setattr(train, "create_state", forbidden)
+  monkeypatch.setattr(state_lib, "create_state", forbidden)
   blocker = tmp_path / "a_file"
   blocker.write_text("")
   workdir = str(blocker / "run")  # a directory can't live under a file (even as root).

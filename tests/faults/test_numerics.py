@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from ecgjax import state as state_lib
 from ecgjax import train
 from tests.faults.conftest import run_job
 
@@ -64,7 +65,7 @@ def test_nonfinite_metrics_read_the_optimizer_state_by_type():
   import optax
   from flax import nnx
   model = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
-  tx, _ = train.make_optimizer(_optim_cfg(), 10)
+  tx, _ = state_lib.make_optimizer(_optim_cfg(), 10)
   opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
   before = jax.tree.map(jnp.copy, nnx.state(model, nnx.Param))
   opt.update(model, jax.tree.map(lambda p: jnp.full_like(p, jnp.nan), nnx.state(model, nnx.Param)))

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from ecgjax import checkpoint as ckpt_lib
-from ecgjax import export
+from ecgjax.inference import export
 from tests.faults.conftest import ROOT, SOAK, STEPS, Job, wait_for
 
 SEED = int(os.environ.get("ECGJAX_FAULT_SEED", time.time_ns() % 10**6))

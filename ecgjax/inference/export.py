@@ -23,7 +23,7 @@ from safetensors import numpy as st_numpy
 
 from ecgjax import checkpoint as ckpt_lib
 from ecgjax import sharding
-from ecgjax import train
+from ecgjax import state as state_lib
 from ecgjax.models import signal_transformer as st
 
 PARAMS_FILE = "params.safetensors"
@@ -56,7 +56,7 @@ def restore_model(run_dir: str, step: int | None = None, init: str = "trained"):
   """(model, train_config, step) from a training workdir (any mesh), or a fresh init."""
   cfg = load_train_config(run_dir)
   mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}))
-  graphdef, state, shardings, _ = train.create_state(cfg, mesh)
+  graphdef, state, shardings, _ = state_lib.create_state(cfg, mesh)
   restored_step = 0
   if init == "trained":
     manager = ckpt_lib.make_manager(os.path.join(run_dir, "checkpoints"), cfg)
@@ -81,7 +81,7 @@ def export_config(cfg: ml_collections.ConfigDict, step: int, source: str, init: 
     spec_stats = spec_lib.load(cfg.data.path)["lead_stats"]
   return {
       "export_version": EXPORT_VERSION,
-      "model": train.model_config(cfg).to_dict(),
+      "model": state_lib.model_config(cfg).to_dict(),
       "model_size": cfg.model_size,
       "objective": cfg.objective,
       "sampling_rate": float(cfg.data.sampling_rate),
@@ -95,7 +95,7 @@ def export_config(cfg: ml_collections.ConfigDict, step: int, source: str, init: 
       "step": int(step),
       "init": init,
       "source": os.path.abspath(source),
-      "embedding_dim": 2 * int(train.model_config(cfg).width),
+      "embedding_dim": 2 * int(state_lib.model_config(cfg).width),
   }
 
 

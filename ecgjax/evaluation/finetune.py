@@ -27,14 +27,14 @@ import numpy as np
 import optax
 from flax import nnx
 
-from ecgjax import encoder as encoder_lib
-from ecgjax import export
-from ecgjax import probe_metrics
-from ecgjax import probe_report
 from ecgjax import sharding
 from ecgjax.data import pipeline
 from ecgjax.data import spec as spec_lib
 from ecgjax.data import windows
+from ecgjax.evaluation import metrics as probe_metrics
+from ecgjax.evaluation import report as probe_report
+from ecgjax.inference import encoder as encoder_lib
+from ecgjax.inference import export
 from ecgjax.models import signal_transformer as st
 
 

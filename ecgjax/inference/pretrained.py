@@ -26,11 +26,11 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ecgjax import encoder as encoder_lib
 from ecgjax.data import preprocess
 from ecgjax.data import rpeaks
 from ecgjax.data import windows as windows_lib
 from ecgjax.data.records import STANDARD_LEADS, canonical_lead
+from ecgjax.inference import encoder as encoder_lib
 
 MODES = ("rpeak", "first", "mean")
 

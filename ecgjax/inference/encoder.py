@@ -24,9 +24,9 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from ecgjax import export
 from ecgjax import sharding
 from ecgjax.data import pipeline
+from ecgjax.inference import export
 from ecgjax.models import signal_transformer as st
 
 DEFAULT_PRE_R_S = 0.25  # exports written before pre_r_s was recorded used this default.

@@ -5,7 +5,7 @@ import json
 import os
 from typing import Any
 
-from ecgjax import probe_metrics
+from ecgjax.evaluation import metrics as probe_metrics
 
 RESULTS_FILE = "results.json"
 ROC_FILE = "roc_curves.png"

@@ -25,9 +25,9 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from ecgjax import encoder as encoder_lib
 from ecgjax.data import pipeline
 from ecgjax.data import windows
+from ecgjax.inference import encoder as encoder_lib
 
 CACHE_VERSION = 1
 

@@ -24,12 +24,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from ecgjax import encoder as encoder_lib
-from ecgjax import probe_data
-from ecgjax import probe_fit
-from ecgjax import probe_metrics
-from ecgjax import probe_report
 from ecgjax.data import spec as spec_lib
+from ecgjax.evaluation import embeddings as probe_data
+from ecgjax.evaluation import fit as probe_fit
+from ecgjax.evaluation import metrics as probe_metrics
+from ecgjax.evaluation import report as probe_report
+from ecgjax.inference import encoder as encoder_lib
 
 RESULTS_VERSION = 1
 SPLIT_KEYS = ("train", "val", "test")
@@ -293,7 +293,7 @@ def demo_summary(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
   The random baseline is the pretraining run's own initialisation (same seed), so the
   difference is what pretraining learned. Writes WORKDIR/export and WORKDIR/probe/.
   """
-  from ecgjax import export  # pylint: disable=g-import-not-at-top
+  from ecgjax.inference import export  # pylint: disable=g-import-not-at-top
   start = time.time()
   export_dir = os.path.join(workdir, "export")
   model, cfg, step = export.restore_model(workdir)

@@ -1,0 +1,186 @@
+r"""Embed ECG records with a pretrained encoder: WFDB / numpy / shards -> embeddings.npz.
+
+  python -m ecgjax.embed --model=EXPORT_DIR --input=../shared/data/cinc2021_samples \
+      --output=emb.npz
+  python -m ecgjax.embed --model=EXPORT_DIR --input=x.npy --sampling_rate=500 \
+      --leads=I,II,V1 --output=emb.npz --mode=mean
+  python -m ecgjax.embed --model=EXPORT_DIR --input=SHARDS_DIR --splits=test --output=emb.npz
+
+Input kind: a directory with spec.json (converted shards; stored R peaks, labels and
+splits are used), a directory tree of WFDB records (.hea), or .npy / .npz / .h5 (or a
+directory of per-record .npy) read with ``data_pipelines.readers`` (sidecar JSON or
+--sampling_rate/--leads). Records that cannot be embedded (unreadable, unknown leads,
+NaNs, shorter than the window) are skipped and listed in the output with the reason.
+
+Output .npz: embeddings [N, D] float32, record_ids [N], splits [N], labels [N, C] and
+label_names (when the input has labels), rejected_ids / rejected_reasons, mode, and
+model (the export config as JSON).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any, Iterator
+
+import numpy as np
+import tqdm
+
+from ecgjax.inference import pretrained as pretrained_lib
+
+
+def input_kind(path: str) -> str:
+  if os.path.isdir(path) and os.path.isfile(os.path.join(path, "spec.json")):
+    return "shards"
+  if os.path.isdir(path):
+    for _, _, files in os.walk(path):
+      if any(f.endswith(".hea") for f in files):
+        return "wfdb"
+    return "numpy"  # a directory of per-record .npy files.
+  if os.path.splitext(path)[1].lower() in (".npy", ".npz", ".h5", ".hdf5", ".hdf"):
+    return "numpy"
+  raise ValueError(f"--input={path!r}: expected a shard directory (spec.json), a WFDB "
+                   "directory, or a .npy/.npz/.h5 file")
+
+
+def _shard_records(path: str, splits: list[str] | None) -> tuple[Iterator[dict[str, Any]], int,
+                                                                  list[str]]:
+  from ecgjax.data import example  # pylint: disable=g-import-not-at-top
+  from ecgjax.data import spec as spec_lib  # pylint: disable=g-import-not-at-top
+  from ecgjax.data.source import ShardedSource  # pylint: disable=g-import-not-at-top
+  spec = spec_lib.load(path)
+  names = splits or sorted(k for k, v in spec["splits"].items() if int(v) > 0)
+  sources = [ShardedSource(path, s) for s in names]
+  label_names = list(spec["label_names"])
+  encoding = spec["label_encoding"]
+
+  def gen():
+    for source in sources:
+      for i in range(len(source)):
+        rec = example.decode(source[i])
+        hot = np.zeros(len(label_names), np.float32)
+        if encoding == "multi_hot":
+          hot[:] = rec["label"]
+        else:
+          hot[rec["label"]] = 1.0
+        yield {"signal": rec["signal"].astype(np.float32) / rec["gain"][:, None],
+               "sampling_rate": rec["sampling_rate"], "leads": rec["leads"],
+               "r_peaks": rec["r_peaks"], "record_id": rec["record_id"],
+               "split": source.split, "label": hot}
+
+  return gen(), sum(len(s) for s in sources), label_names
+
+
+def _reader_records(kind: str, path: str, args) -> tuple[Iterator[dict[str, Any]], int,
+                                                         list[str]]:
+  from data_pipelines import readers  # pylint: disable=g-import-not-at-top
+  from ecgjax.data.records import EcgRecord  # pylint: disable=g-import-not-at-top
+  kw: dict[str, Any] = {"min_duration_s": 0.0}
+  if kind == "numpy" and args.leads:
+    kw["leads"] = args.leads
+  reader = readers.make_reader(kind, path, args.labels, args.sampling_rate, **kw)
+  label_names = list(reader.label_names)
+  items = reader.list_items()
+
+  def gen():
+    for item in items:
+      rec = reader.read(item)
+      if not isinstance(rec, EcgRecord):
+        yield {"record_id": rec.record_id, "error": f"unreadable: {rec.reason}"}
+        continue
+      hot = np.zeros(len(label_names), np.float32)
+      hot[list(rec.labels)] = 1.0
+      yield {"signal": rec.physical(), "sampling_rate": rec.sampling_rate,
+             "leads": rec.leads, "r_peaks": rec.r_peaks, "record_id": rec.record_id,
+             "split": rec.split, "label": hot}
+
+  return gen(), len(items), label_names
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+  model = pretrained_lib.load_pretrained(args.model, batch_size=args.batch_size)
+  kind = input_kind(args.input)
+  if kind == "shards":
+    records, total, label_names = _shard_records(args.input, args.splits)
+  else:
+    records, total, label_names = _reader_records(kind, args.input, args)
+  kept: list[dict[str, Any]] = []
+  rejected: list[tuple[str, str]] = []
+
+  def readable():
+    for rec in records:
+      if "error" in rec:
+        rejected.append((rec["record_id"], rec["error"]))
+        continue
+      kept.append(rec)
+      yield rec
+
+  embeddings, ids, splits, labels = [], [], [], []
+  bar = tqdm.tqdm(total=total, unit="rec", desc="embed", file=sys.stderr,
+                  disable=args.quiet)
+  done = 0
+  for emb, err in model.embed_records(readable(), args.mode, on_error="skip"):
+    rec = kept[done]
+    kept[done] = None  # free the signal.
+    done += 1
+    bar.update(1)
+    if emb is None:
+      rejected.append((rec["record_id"], err))
+      continue
+    embeddings.append(emb)
+    ids.append(rec["record_id"])
+    splits.append(rec.get("split", ""))
+    labels.append(rec["label"])
+  bar.update(total - bar.n)
+  bar.close()
+  out = {
+      "embeddings": (np.stack(embeddings).astype(np.float32) if embeddings
+                     else np.zeros((0, model.embedding_dim), np.float32)),
+      "record_ids": np.asarray(ids, dtype=str),
+      "splits": np.asarray(splits, dtype=str),
+      "rejected_ids": np.asarray([r[0] for r in rejected], dtype=str),
+      "rejected_reasons": np.asarray([r[1] for r in rejected], dtype=str),
+      "mode": np.asarray(args.mode),
+      "model": np.asarray(json.dumps(model.config)),
+  }
+  if label_names:
+    out["labels"] = (np.stack(labels) if labels
+                     else np.zeros((0, len(label_names)), np.float32))
+    out["label_names"] = np.asarray(label_names, dtype=str)
+  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+  np.savez(args.output, **out)
+  logging.info("embedded %d records (%d skipped) -> %s", len(ids), len(rejected), args.output)
+  for rid, reason in rejected[:10]:
+    logging.warning("skipped %s: %s", rid, reason)
+  return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--model", required=True, help="export directory (or training workdir)")
+  p.add_argument("--input", required=True, help="shards dir, WFDB dir, or .npy/.npz/.h5")
+  p.add_argument("--output", required=True, help="output .npz")
+  p.add_argument("--mode", default="rpeak", choices=pretrained_lib.MODES,
+                 help="window policy (see ecgjax.inference.pretrained)")
+  p.add_argument("--batch_size", type=int, default=64)
+  p.add_argument("--splits", type=lambda s: [x for x in s.split(",") if x], default=None,
+                 help="shards: comma-separated splits (default: all)")
+  p.add_argument("--sampling_rate", type=float, default=None,
+                 help="numpy input without a sidecar JSON: Hz")
+  p.add_argument("--leads", type=lambda s: tuple(s.split(",")), default=None,
+                 help="numpy input without a sidecar JSON: lead names of the rows")
+  p.add_argument("--labels", default=None, help="optional labels CSV (WFDB / numpy)")
+  p.add_argument("--quiet", action="store_true")
+  return p
+
+
+def main(argv: list[str] | None = None) -> None:
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+  main()
