@@ -24,6 +24,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from ecgjax.data import mixture
 from ecgjax.data import spec as spec_lib
 from ecgjax.evaluation import embeddings as probe_data
 from ecgjax.evaluation import fit as probe_fit
@@ -304,7 +305,7 @@ def demo_config(train_config, workdir: str) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict({
       "job": "probe", "pretrained": os.path.join(workdir, "export"), "random_like": "",
       "step": -1, "seed": int(train_config.seed),
-      "data": {"path": train_config.data.path, "skip_corrupt": bool(train_config.data.skip_corrupt),
+      "data": {"path": mixture.primary_path(train_config.data), "skip_corrupt": bool(train_config.data.skip_corrupt),
                "read_threads": 2},
       "splits": {"train": "train", "val": "val", "test": "test"}, "holdout": (0.1, 0.1),
       "label_fractions": DEMO_FRACTIONS, "l2_grid": (1e-4, 1e-3, 1e-2, 1e-1, 1.0),
