@@ -172,6 +172,18 @@ def test_patient_groups_fall_back_to_record_ids():
   assert g[0] != g[1]
 
 
+def test_split_groups_report_patients_shared_between_splits(patient_npy, tmp_path):
+  path, patient_of = patient_npy
+  _convert("--format=numpy", f"--input={path}", f"--output={tmp_path}", "--num_shards=1",
+           "--workers=1", "--min_duration_s=1")
+  groups = {s: probe_data.split_groups(str(tmp_path), s) for s in ("train", "val", "test")}
+  assert sum(g.size for g in groups.values()) == 120
+  assert probe_data.shared_groups(groups) == {"train/val": 0, "train/test": 0, "val/test": 0}
+  groups["val"] = np.concatenate([groups["val"], groups["train"][:2]])  # a leak of 2 records
+  shared = probe_data.shared_groups(groups)
+  assert shared["train/val"] == len(set(groups["train"][:2])) and shared["val/test"] == 0
+
+
 def test_ptbxl_probes_drop_records_without_superclass():
   assert probe.drops_unlabelled({"format": "ptbxl", "label_encoding": "multi_hot"})
   assert not probe.drops_unlabelled({"format": "wfdb", "label_encoding": "multi_hot"})

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import threading
 from typing import Any, Sequence
 
 import grain
@@ -165,6 +166,16 @@ class MixtureCounts:
     self.batch_size, self.seed, self.process_index = int(batch_size), int(seed), int(process_index)
     self._block_cache: dict[int, np.ndarray] = {}
     self._block_starts = [np.zeros(len(self.weights), np.int64)]  # rows before block b
+    self._lock = threading.Lock()  # grain's read threads share this object.
+
+  def __getstate__(self):
+    state = self.__dict__.copy()
+    del state["_lock"]
+    return state
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._lock = threading.Lock()
 
   def _block(self, b: int) -> np.ndarray:
     """[_BLOCK, S] counts of the batches of block ``b``."""
@@ -176,15 +187,17 @@ class MixtureCounts:
     return out
 
   def counts(self, k: int) -> np.ndarray:
-    return self._block(k // _BLOCK)[k % _BLOCK]
+    with self._lock:
+      return self._block(k // _BLOCK)[k % _BLOCK]
 
   def before(self, k: int) -> np.ndarray:
     """[S] rows each source contributed to batches 0 .. k-1."""
     b = k // _BLOCK
-    while len(self._block_starts) <= b:
-      i = len(self._block_starts) - 1
-      self._block_starts.append(self._block_starts[i] + self._block(i).sum(0))
-    return self._block_starts[b] + self._block(b)[:k % _BLOCK].sum(0)
+    with self._lock:
+      while len(self._block_starts) <= b:
+        i = len(self._block_starts) - 1
+        self._block_starts.append(self._block_starts[i] + self._block(i).sum(0))
+      return self._block_starts[b] + self._block(b)[:k % _BLOCK].sum(0)
 
 
 class MixtureBatches(grain.MapDataset):

@@ -139,6 +139,19 @@ def record_identities(source) -> tuple[np.ndarray, np.ndarray]:
   return np.asarray(rids, dtype=str), np.asarray(pids, dtype=str)
 
 
+def split_groups(data_path: str, split: str, skip_corrupt: bool = False) -> np.ndarray:
+  """The patient group key (:func:`patient_groups`) of every readable record of a split."""
+  from ecgjax.data.source import ShardedSource  # pylint: disable=g-import-not-at-top
+  return patient_groups(*record_identities(ShardedSource(data_path, split, skip_corrupt)))
+
+
+def shared_groups(groups: dict[str, np.ndarray]) -> dict[str, int]:
+  """Patients (or records without one) found in two splits: 0 everywhere means no leak."""
+  keys = list(groups)
+  return {f"{a}/{b}": int(np.intersect1d(groups[a], groups[b]).size)
+          for i, a in enumerate(keys) for b in keys[i + 1:]}
+
+
 def patient_groups(record_id: np.ndarray, patient_id: np.ndarray) -> np.ndarray:
   """One group key per record: its patient, or the record itself when unknown."""
   return np.where(np.asarray(patient_id) != "", np.char.add("patient:", patient_id),

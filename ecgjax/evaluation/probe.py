@@ -140,22 +140,14 @@ def load_splits(enc: encoder_lib.Encoder, config, cache_dir: str
                                     "(Strodthoff et al. 2021)") if drop else "none dropped",
                            "counts": dropped},
       "patients": {k: int(np.unique(groups[k]).size) for k in SPLIT_KEYS},
-      "patients_shared_between_splits": _shared_groups(groups),
+      "patients_shared_between_splits": probe_data.shared_groups(
+          {k: groups[k] for k in SPLIT_KEYS}),
       "grouping": "patient_id from the shards, else record_id",
       "partial": note is not None,
       "partial_note": note,
       "embeddings": files,
   }
   return data, report
-
-
-def _shared_groups(groups: dict[str, np.ndarray]) -> dict[str, int]:
-  """Patients (or records without one) found in two splits: 0 everywhere means no leak."""
-  out = {}
-  for i, a in enumerate(SPLIT_KEYS):
-    for b in SPLIT_KEYS[i + 1:]:
-      out[f"{a}/{b}"] = int(np.intersect1d(groups[a], groups[b]).size)
-  return out
 
 
 # ------------------------------------------------------------------------------- probe
