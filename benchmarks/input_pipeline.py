@@ -3,6 +3,8 @@ r"""Two-view input throughput: grain pipeline vs tf.data on the same shards (hos
   python benchmarks/input_pipeline.py                       # synthetic 12-lead 10 s 500 Hz
   python benchmarks/input_pipeline.py --data=SHARDS --workers=0,2 --batch=256
   python benchmarks/input_pipeline.py --tf_python=/path/to/venv-with-tf/bin/python
+  python benchmarks/input_pipeline.py --mixture=PTBXL_SHARDS:0.8,MITBIH_DS1_SHARDS:0.2 \
+      --workers=0 --out=benchmarks/results/input_pipeline_mixture.json
 
 Prints samples/s (one sample = the two views of one record that a training step
 consumes) and writes benchmarks/results/input_pipeline.json:
@@ -15,6 +17,8 @@ consumes) and writes benchmarks/results/input_pipeline.json:
                     ecgjax's environment, on the same shards: 'segments' does the same host
                     work as grain; 'windows' also resamples and z-scores on the host (the
                     split ecgjax used before the finish moved into the jitted step).
+  --mixture         the same grain pipeline over a weighted mixture of shard directories
+                    (ecgjax.data.mixture), beside each of its sources read alone.
 """
 from __future__ import annotations
 
@@ -102,11 +106,13 @@ def ensure_shards(path: str, num_records: int) -> str:
   return path
 
 
-def grain_samples_per_s(data: str, batch: int, workers: int, threads: int, seconds: float) -> float:
+def grain_samples_per_s(data: str, batch: int, workers: int, threads: int, seconds: float,
+                        mixture: str = "") -> float:
   import configs.hl as hl  # pylint: disable=g-import-not-at-top
   from ecgjax.data import pipeline  # pylint: disable=g-import-not-at-top
   cfg = hl.get_config()
   cfg.data.path = data
+  cfg.data.mixture = tuple(m for m in mixture.split(",") if m)
   cfg.data.num_workers = workers
   cfg.data.read_threads = threads
   it = iter(pipeline.make_train_dataset(cfg.data, batch, seed=0))
@@ -151,8 +157,13 @@ def main() -> None:
   p.add_argument("--threads", type=int, default=1, help="grain read threads per process")
   p.add_argument("--seconds", type=float, default=10.0)
   p.add_argument("--tf_python", default=None, help="a python with tensorflow installed")
+  p.add_argument("--mixture", default="",
+                 help="DIR:W,DIR:W: time a weighted mixture and each source alone, then exit")
   p.add_argument("--out", default="benchmarks/results/input_pipeline.json")
   a = p.parse_args()
+  if a.mixture:
+    mixture_main(a)
+    return
   data = ensure_shards(a.data, a.num_records)
   spec = json.load(open(os.path.join(data, "spec.json")))
   results = {"date": datetime.date.today().isoformat(), "host": platform.node(),
@@ -186,6 +197,37 @@ def main() -> None:
   import grain, jax  # pylint: disable=g-import-not-at-top,multiple-imports
   results["versions"] = {"grain": grain.__version__ if hasattr(grain, "__version__") else "?",
                          "numpy": np.__version__, "python": platform.python_version()}
+  os.makedirs(os.path.dirname(a.out), exist_ok=True)
+  with open(a.out, "w") as f:
+    json.dump(results, f, indent=1)
+  print(json.dumps(results, indent=1))
+
+
+def mixture_main(a: argparse.Namespace) -> None:
+  """Two-view samples/s of a mixture beside each source alone (host pipeline only)."""
+  import configs.hl as hl  # pylint: disable=g-import-not-at-top
+  from ecgjax.data import mixture  # pylint: disable=g-import-not-at-top
+  cfg = hl.get_config()
+  cfg.data.mixture = tuple(a.mixture.split(","))
+  sources = mixture.parse_sources(cfg.data)
+  results = {"date": datetime.date.today().isoformat(), "host": platform.node(),
+             "cpus": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 1),
+             "batch": a.batch, "seconds": a.seconds,
+             "window": {"sampling_rate": cfg.data.sampling_rate, "window_s": cfg.data.window_s},
+             "sources": [], "mixture": {}}
+  for s in sources:
+    spec = json.load(open(os.path.join(s.path, "spec.json")))
+    entry = {"path": s.path, "weight": round(s.weight, 4), "records": spec["splits"].get("train"),
+             "rates": spec["sampling_rates"], "leads": spec["lead_order"], "grain": {}}
+    for w in [int(x) for x in a.workers.split(",")]:
+      sps = grain_samples_per_s(s.path, a.batch, w, a.threads, a.seconds)
+      entry["grain"][f"workers={w}"] = round(sps, 1)
+      print(f"{s.path} alone, workers={w}: {sps:9.0f} two-view samples/s")
+    results["sources"].append(entry)
+  for w in [int(x) for x in a.workers.split(",")]:
+    sps = grain_samples_per_s("", a.batch, w, a.threads, a.seconds, a.mixture)
+    results["mixture"][f"workers={w}"] = round(sps, 1)
+    print(f"mixture {a.mixture}, workers={w}: {sps:9.0f} two-view samples/s")
   os.makedirs(os.path.dirname(a.out), exist_ok=True)
   with open(a.out, "w") as f:
     json.dump(results, f, indent=1)

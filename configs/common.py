@@ -61,6 +61,9 @@ def base(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.path = ""               # converted shard dir; '' = build/use the synthetic default.
+                                 # 'DIR:W,DIR:W' or data.mixture: a weighted mixture
+                                 # (ecgjax/data/mixture.py); eval reads the first DIR.
+  c.data.mixture = ()            # ('DIR[:WEIGHT]', ...) read by pretraining instead of path.
   c.data.train_split = "train"
   c.data.eval_split = "val"
   c.data.leads = list(STANDARD_LEADS)

@@ -10,6 +10,10 @@ holds (``<split>.tfrecord-GGGGG-of-NNNNN``) through temp-then-rename, then a don
 (``.groups/GGGGG.json``) with its counts, statistics and rejects. A re-run skips finished
 groups, so a killed 1M-record conversion resumes where it stopped. Bad records never stop
 the run: each becomes a line in ``rejects.jsonl`` with its id, source and reason.
+
+Records whose source gives no split get a seeded, patient-wise one (``--split_seed``,
+``--split_fractions``; :mod:`data_pipelines.splits`); ``spec.json:split_origin`` says which
+happened. ``--records`` converts only the listed record ids (e.g. MIT-BIH DS1).
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from typing import Any, Iterable
 import numpy as np
 import tqdm
 
+from data_pipelines import splits as splits_lib
 from data_pipelines import validate as validate_lib
 from ecgjax.data import example, rpeaks, spec as spec_lib, tfrecord
 from ecgjax.data.records import EcgRecord, Reject
@@ -52,8 +57,8 @@ def make_reader(args: argparse.Namespace):
 
 def _fingerprint(args: argparse.Namespace) -> dict[str, Any]:
   keys = ("format", "input", "labels", "sampling_rate", "num_shards", "min_duration_s", "lead_map",
-          "num_records", "seed", "duration_s")
-  return {k: getattr(args, k) for k in keys}
+          "num_records", "seed", "duration_s", "records", "split_seed", "split_fractions")
+  return {k: getattr(args, k, None) for k in keys}
 
 
 class _Stats:
@@ -90,6 +95,8 @@ def convert_group(reader, items: list[str], group: int, args: argparse.Namespace
       return json.load(f)
   writers: dict[str, tfrecord.TFRecordWriter] = {}
   counts, rates, rejects = collections.Counter(), collections.Counter(), []
+  split_sources = collections.Counter()
+  fractions = splits_lib.parse_fractions(args.split_fractions)
   dtypes = collections.Counter()
   label_counts: dict[str, np.ndarray] = {}
   stats = _Stats()
@@ -104,7 +111,11 @@ def convert_group(reader, items: list[str], group: int, args: argparse.Namespace
       if isinstance(rec, Reject):
         rejects.append({"record_id": rec.record_id, "source": rec.source, "reason": rec.reason})
         continue
-      split = rec.split or "train"
+      split = rec.split
+      split_sources["source" if split else "assigned"] += 1
+      if not split:
+        split = rec.split = splits_lib.hashed_split(
+            splits_lib.patient_key(rec.patient_id, rec.record_id), args.split_seed, fractions)
       if split not in writers:
         name = f"{split}.tfrecord-{group:05d}-of-{args.num_shards:05d}"
         writers[split] = tfrecord.TFRecordWriter(os.path.join(args.output, name))
@@ -127,6 +138,7 @@ def convert_group(reader, items: list[str], group: int, args: argparse.Namespace
       "shards": [{"file": os.path.basename(w.path), "split": s, "records": counts[s]}
                  for s, w in sorted(writers.items())],
       "counts": dict(counts), "rates": dict(rates), "dtypes": dict(dtypes), "rejects": rejects,
+      "split_sources": dict(split_sources),
       "label_counts": {k: v.tolist() for k, v in label_counts.items()},
       "lead_sums": stats.to_json(),
   }
@@ -145,7 +157,9 @@ def merge(summaries: Iterable[dict[str, Any]], reader, args, label_encoding) -> 
   splits, rates, label_counts = collections.Counter(), collections.Counter(), {}
   lead_sums = collections.defaultdict(lambda: np.zeros(3))
   shards, rejects, dtypes = [], [], set()
+  split_sources = collections.Counter()
   for s in sorted(summaries, key=lambda s: s["group"]):
+    split_sources.update(s.get("split_sources", {}))
     shards += s["shards"]
     # Group markers from before dtypes were recorded: assume any stored dtype.
     dtypes |= set(s.get("dtypes", ("int16", "int32", "float32")))
@@ -178,6 +192,7 @@ def merge(summaries: Iterable[dict[str, Any]], reader, args, label_encoding) -> 
       "lead_order": lead_order,
       "sampling_rates": dict(rates),
       "splits": dict(splits),
+      **_split_origin(split_sources, args),
       "num_records": int(sum(splits.values())),
       "label_names": list(reader.label_names),
       "label_encoding": label_encoding,
@@ -187,6 +202,19 @@ def merge(summaries: Iterable[dict[str, Any]], reader, args, label_encoding) -> 
       "rejects": {"count": len(rejects), "by_reason": dict(by_reason), "file": "rejects.jsonl"},
       "reader_summary": reader.summary(),
   }
+
+
+def _split_origin(split_sources: collections.Counter, args) -> dict[str, Any]:
+  """spec.json's account of where each record's split came from."""
+  assigned, given = split_sources["assigned"], split_sources["source"]
+  origin = "source" if not assigned else ("assigned" if not given else "mixed")
+  out: dict[str, Any] = {"split_origin": origin,
+                         "split_counts_by_origin": {"source": given, "assigned": assigned}}
+  if assigned:
+    fractions = splits_lib.parse_fractions(args.split_fractions)
+    out["split_assignment"] = {"method": splits_lib.describe(args.split_seed, fractions),
+                               "seed": int(args.split_seed), "fractions": list(fractions)}
+  return out
 
 
 def _lead_order(lead_stats: dict[str, Any]) -> list[str]:
@@ -231,11 +259,32 @@ def plan(args: argparse.Namespace):
       json.dump(fingerprint, f)
     os.replace(tmp, fp_path)
   _remove_stale_temps(args.output)
+  splits_lib.parse_fractions(args.split_fractions)  # fails before any work.
   reader = make_reader(args)
-  items = reader.list_items()
+  items = select_records(reader, reader.list_items(), args.records)
   label_encoding = "multi_hot" if reader.label_type == "multi_hot" else "class_index"
   groups = [items[g::args.num_shards] for g in range(args.num_shards)]
   return reader, groups, label_encoding, len(reader.label_names)
+
+
+def select_records(reader, items: list[str], records: str | None) -> list[str]:
+  """The items whose record id (or item path) is in the comma-separated ``--records``."""
+  if not records:
+    return items
+  wanted = [r.strip() for r in records.split(",") if r.strip()]
+  if not wanted:
+    raise ValueError(f"--records={records!r} names no record")
+  record_id = getattr(reader, "_record_id", lambda item: item)
+  chosen = [i for i in items if i in wanted or record_id(i) in wanted]
+  found = set(chosen) | {record_id(i) for i in chosen}
+  missing = [r for r in wanted if r not in found]
+  if missing:
+    raise ValueError(f"--records: {missing} not found in {_input_name(reader)}")
+  return chosen
+
+
+def _input_name(reader) -> str:
+  return str(getattr(reader, "input_dir", None) or getattr(reader, "input_path", "the input"))
 
 
 def convert(args: argparse.Namespace) -> dict[str, Any]:
@@ -291,6 +340,13 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--num_records", type=int, default=2000, help="synthetic: records")
   p.add_argument("--duration_s", type=float, default=10.0, help="synthetic: seconds each")
   p.add_argument("--seed", type=int, default=0, help="synthetic: generator seed")
+  p.add_argument("--records", default=None,
+                 help="comma-separated record ids to convert (others are left out), e.g. "
+                      "MIT-BIH DS1: 101,106,108,...")
+  p.add_argument("--split_seed", type=int, default=0,
+                 help="seed of the patient-wise split given to records with no source split")
+  p.add_argument("--split_fractions", default="0.8,0.1,0.1",
+                 help="train,val,test fractions of that split ('1,0,0': all train)")
   p.add_argument("--quiet", action="store_true")
   return p
 

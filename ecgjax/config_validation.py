@@ -8,6 +8,7 @@ import jax
 import ml_collections
 
 from ecgjax.config import ConfigError, _check, num_patches, patch_size  # noqa: F401 (re-exported)
+from ecgjax.data import mixture
 from ecgjax.data.records import STANDARD_LEADS
 from ecgjax.models import signal_transformer
 from ecgjax.sharding import MESH_AXES, resolve_mesh_shape
@@ -92,10 +93,16 @@ def validate(config, num_devices: int | None = None, reference=None) -> None:
   _check(d.normalize in _NORMALIZE, "data.normalize", f"{d.normalize!r} not in {_NORMALIZE}")
   _check(len(d.stretch) == 2 and 0 < d.stretch[0] <= d.stretch[1], "data.stretch",
          f"{tuple(d.stretch)}: need 0 < low <= high")
-  if d.path:
-    _check(os.path.isdir(d.path), "data.path", f"{d.path!r} is not a directory")
-    _check(os.path.exists(os.path.join(d.path, "spec.json")), "data.path",
-           f"{d.path!r} has no spec.json; convert the archive first "
+  try:
+    sources = mixture.parse_sources(d)
+  except mixture.MixtureError as e:
+    raise ConfigError(str(e)) from e
+  field = "data.mixture" if d.get("mixture") else "data.path"
+  for i, src in enumerate(sources):
+    name = f"{field}[{i}]" if len(sources) > 1 else field
+    _check(os.path.isdir(src.path), name, f"{src.path!r} is not a directory")
+    _check(os.path.exists(os.path.join(src.path, "spec.json")), name,
+           f"{src.path!r} has no spec.json; convert the archive first "
            "(python -m data_pipelines.convert ...)")
   l = config.loss
   _check(0.0 <= l.mask_ratio < 1.0, "loss.mask_ratio", f"{l.mask_ratio} not in [0, 1)")

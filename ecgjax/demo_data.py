@@ -58,8 +58,8 @@ def _convert_synthetic(syn_cfg, out_dir: str) -> None:
 
 
 def resolve_data_path(config, workdir: str) -> None:
-  """Fills config.data.path with the synthetic default when the user gave none."""
-  if config.data.path:
+  """Fills config.data.path with the synthetic default when the user gave no data."""
+  if config.data.path or config.data.get("mixture"):
     return
   out = config.data.synthetic.dir or os.path.join(os.path.dirname(os.path.abspath(workdir)),
                                                   "synthetic_shards")

@@ -33,6 +33,7 @@ from ecgjax import metrics as metrics_lib
 from ecgjax import sharding
 from ecgjax import state as state_lib
 from ecgjax.data import augment
+from ecgjax.data import mixture
 from ecgjax.data import pipeline
 from ecgjax.data import source as source_lib
 from ecgjax.data import spec as spec_lib
@@ -56,10 +57,12 @@ def _augment_cfg(config) -> ml_collections.ConfigDict:
 
 
 def window_config(config) -> pipeline.WindowConfig:
-  """The train windows: config.data plus the shards' spec (rates, dtype, lead stats)."""
-  path = config.data.get("path")
-  spec = spec_lib.load(path) if path and os.path.exists(os.path.join(path, spec_lib.SPEC_FILE)) else None
-  return pipeline.WindowConfig.from_config(config.data, spec)
+  """The train windows: config.data plus the shards' spec (rates, dtype, lead stats; a
+  mixture's specs merged)."""
+  paths = [s.path for s in mixture.parse_sources(config.data)]
+  have = paths and all(os.path.exists(os.path.join(p, spec_lib.SPEC_FILE)) for p in paths)
+  return pipeline.WindowConfig.from_config(config.data,
+                                           mixture.train_spec(config.data) if have else None)
 
 
 def train_step(graphdef, state, batch: dict[str, jax.Array], step: jax.Array, *, config,

@@ -291,7 +291,12 @@ def test_ptbxl_subset_multilabel_probe_and_embedding_match(trained_run, tmp_path
                   str(tmp_path / "probe"))
   assert res["task"]["label_encoding"] == "multi_hot"
   assert res["task"]["label_names"] == ["NORM", "MI", "STTC", "CD", "HYP"]
-  assert res["splits"]["counts"] == {"train": 60, "val": 20, "test": 20}
+  # Records without a diagnostic superclass are left out and counted (Strodthoff et al.).
+  dropped = {s: int((sub[sub.split == s].n_superclasses == 0).sum()) for s in ("train", "val", "test")}
+  assert res["splits"]["dropped_no_label"]["counts"] == dropped
+  assert res["splits"]["counts"] == {s: n - dropped[s] for s, n in
+                                     (("train", 60), ("val", 20), ("test", 20))}
+  assert set(res["splits"]["patients_shared_between_splits"].values()) == {0}
   assert res["results"][0]["test"]["macro_auroc"] is not None
 
   import ecgjax  # pylint: disable=g-import-not-at-top

@@ -27,7 +27,7 @@ class NumpyReader(_ValidatingReader):
   Everything not given as an argument comes from a sidecar JSON (``<input>.json``,
   ``<input without extension>.json`` or ``meta.json`` in a directory) with keys
   sampling_rate, leads, labels, label_names, record_ids, splits, units ('mV', 'uV'),
-  gain, signal_key, layout. labels / record_ids / splits may be lists (one entry per
+  gain, signal_key, layout, patient_ids. labels / record_ids / splits / patient_ids may be lists (one entry per
   record, or a dict by record_id) or the name of an array in the .npz / .h5; ``labels``
   may also be a CSV path (``record_id,label...``). [N, samples, leads] arrays are
   transposed when the lead count identifies the layout (or ``layout='NTC'``).
@@ -40,7 +40,7 @@ class NumpyReader(_ValidatingReader):
   def __init__(self, input_path: str, sampling_rate: float | None = None,
                leads: Sequence[str] | str | None = None, labels: Any = None, *,
                label_names: Sequence[str] | None = None, record_ids: Any = None,
-               splits: Any = None, units: str | None = None, gain: Any = None,
+               splits: Any = None, patient_ids: Any = None, units: str | None = None, gain: Any = None,
                signal_key: str | None = None, layout: str | None = None,
                meta: str | None = None, **validate_kw):
     self.input_path = os.path.abspath(input_path)
@@ -123,7 +123,17 @@ class NumpyReader(_ValidatingReader):
     split_values = self._per_record(pick(splits, "splits"), n, ids)
     self._splits = dict(zip(self._items, [_normalise_split(s) for s in split_values]
                             if split_values is not None else [""] * n))
+    patients = pick(patient_ids, "patient_ids")
+    if isinstance(patients, str) and not self._is_array_key(patients):
+      raise ValueError(f"{self.input_path}: patient_ids {patients!r} is not an array in the "
+                       "input (give a list, a dict by record_id or an array name)")
+    patients = self._per_record(patients, n, ids)
+    self._patients = dict(zip(self._items, [
+        "" if p is None or (isinstance(p, float) and np.isnan(p)) else
+        str(p.decode() if isinstance(p, bytes) else p) for p in patients]
+                              if patients is not None else [""] * n))
     self._summary = {"records": n, "format": self.kind, "layout": self.layout,
+                     "patient_ids": "sidecar" if patients is not None else "none",
                      "unlabelled_records": sum(1 for e in encoded if e is None)
                                            if raw_labels is not None else n}
 
@@ -171,6 +181,12 @@ class NumpyReader(_ValidatingReader):
 
   def _signal_shape(self) -> tuple[int, ...]:
     return tuple(self._signal_array().shape)
+
+  def _is_array_key(self, name: str) -> bool:
+    if self.is_dir or self.kind == "npy":
+      return False
+    c = self._container()
+    return name in (c if self.kind == "npz" else _h5_datasets(c))
 
   def _per_record(self, value: Any, n: int, ids: Sequence[str] | None) -> Any:
     """Resolves a list / dict-by-id / array-key / scalar to one entry per record."""
@@ -241,6 +257,7 @@ class NumpyReader(_ValidatingReader):
     return EcgRecord(record_id=self._ids[item], signal=np.ascontiguousarray(signal),
                      sampling_rate=float(self.sampling_rate), leads=self.leads, gain=gain,
                      labels=tuple(self._labels[item] or ()), split=self._splits[item],
+                     patient_id=self._patients[item],
                      metadata={"source": self._source(item)})
 
   def summary(self) -> dict[str, Any]:

@@ -23,7 +23,9 @@ class PtbxlReader(_ValidatingReader):
   ``input_dir`` unless given; ``strat_fold`` 1-8/9/10 -> train/val/test) or a table with
   ``ecg_id``, a ``split`` or ``strat_fold`` column and 0/1 columns NORM, MI, STTC, CD,
   HYP. Items and record_ids are zero-padded ecg_ids ('00001'), for table rows whose
-  signal header exists; the others are counted as ``missing_signal``.
+  signal header exists; the others are counted as ``missing_signal``. ``patient_id``
+  (official table) is stored in the shards; tables without it leave it empty, and the
+  strat_fold splits are patient-wise anyway.
   """
 
   label_names = PTBXL_SUPERCLASSES
@@ -145,6 +147,7 @@ class PtbxlReader(_ValidatingReader):
     out = _read_wfdb(os.path.join(self.input_dir, rel), item, {})
     if isinstance(out, EcgRecord):
       out.labels, out.split = labels, split
+      out.patient_id = meta.get("patient_id", "")
       out.metadata.update(meta)
     return out
 

@@ -110,7 +110,9 @@ class WfdbReader(_ValidatingReader):
   'georgia/E07500'). record_id is the record name ('100'), or the relative path when two
   records in the tree share a name. Labels come from ``labels_csv`` if given, else from
   ``# Dx:`` header comments (SNOMED-CT codes, multi-hot over the sorted set of codes in
-  the archive); with neither, records are unlabelled.
+  the archive); with neither, records are unlabelled. WFDB headers carry no patient
+  identity, so each record is its own patient (``patient_id`` = record_id): right for
+  CinC, but MIT-BIH's records 201 and 202 come from one subject (see README).
   """
 
   def __init__(self, input_dir: str, labels_csv: str | None = None,
@@ -190,6 +192,7 @@ class WfdbReader(_ValidatingReader):
     out = _read_wfdb(os.path.join(self.input_dir, item), self._record_id(item), self.lead_map)
     if isinstance(out, EcgRecord):
       out.labels = tuple(labels or ())
+      out.patient_id = out.record_id
     return out
 
   def summary(self) -> dict[str, Any]:

@@ -11,6 +11,9 @@ Feature keys (the contract with readers of our shards, TensorFlow included):
   record_id      bytes
   label          int64   multi-hot vector or class index list (spec.json 'label_encoding')
   split          bytes   'train' | 'val' | 'test' | ''
+  patient_id     bytes   the patient the record belongs to ('' when unknown); splits and
+                         probe holdouts group records by it. Shards written before it
+                         existed decode with patient_id ''.
 The proto class comes from tensorflow_datasets, which imports without TensorFlow.
 """
 from __future__ import annotations
@@ -57,6 +60,7 @@ def encode(record: EcgRecord, label_encoding: str = "class_index", num_classes: 
   f["record_id"].bytes_list.value.append(record.record_id.encode())
   f["label"].int64_list.value.extend(encode_labels(record.labels, label_encoding, num_classes))
   f["split"].bytes_list.value.append(record.split.encode())
+  f["patient_id"].bytes_list.value.append(record.patient_id.encode())
   # deterministic=True sorts the feature map: identical bytes in every process and run.
   return ex.SerializeToString(deterministic=True)
 
@@ -110,7 +114,16 @@ def _fields(f, buf, offset: int, size: int) -> dict[str, Any]:
       "record_id": f["record_id"].bytes_list.value[0].decode(),
       "label": np.fromiter(f["label"].int64_list.value, np.int64),
       "split": f["split"].bytes_list.value[0].decode(),
+      "patient_id": _patient_id(f),
   }
+
+
+def _patient_id(f) -> str:
+  """'' for shards converted before the feature existed (old shards keep decoding)."""
+  if "patient_id" not in f:
+    return ""
+  values = f["patient_id"].bytes_list.value
+  return values[0].decode() if values else ""
 
 
 _LEN = 0x0A  # wire tag of field 1, length-delimited (Example.features, map entry, key, ...)

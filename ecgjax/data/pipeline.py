@@ -154,8 +154,8 @@ class SegmentCutter:
     out["lead_mask"][j], out["k"][j] = present, k
     if self.label_encoding == "multi_hot":
       out["label"][j] = rec["label"]
-    else:
-      out["label"][j, rec["label"]] = 1.0
+    elif self.label_encoding == "class_index":
+      out["label"][j, rec["label"]] = 1.0  # 'none' (mixtures): the label stays empty.
     copy_rows = preprocess.copy_rows(rec["leads"], w.leads)
     seg_len = self._seg_len.get(rate) or self._seg_len.setdefault(rate, w.segment_length(rate))
     pre_r, num_samples = int(round(w.pre_r_s * rate)), signal.shape[1]
@@ -251,11 +251,11 @@ class TrainBatches(grain.MapDataset):
     return f"TrainBatches({self.source!r}, batch={self.batch_size}, seed={self.seed})"
 
   def _read(self, position: int):
-    for attempt in range(_MAX_REPLACEMENTS):
+    for attempt in range(MAX_REPLACEMENTS):
       data = self.source[self.order[position + attempt * self._per_epoch]]
       if data is not None:
         return data
-    raise RuntimeError(f"{_MAX_REPLACEMENTS} records in a row were corrupt in {self.source!r}; "
+    raise RuntimeError(f"{MAX_REPLACEMENTS} records in a row were corrupt in {self.source!r}; "
                        "the shards need re-converting")
 
   def __getitem__(self, index):
@@ -270,7 +270,7 @@ class TrainBatches(grain.MapDataset):
     return out
 
 
-_MAX_REPLACEMENTS = 100
+MAX_REPLACEMENTS = 100
 
 
 class ResampleViews(grain.transforms.Map):
@@ -285,7 +285,10 @@ class ResampleViews(grain.transforms.Map):
 
 
 def open_split(data_cfg, split: str) -> ShardedSource:
-  return ShardedSource(data_cfg.path, split, skip_corrupt=bool(data_cfg.get("skip_corrupt", False)))
+  """``split`` of config.data.path (of a mixture's first source: eval reads that one)."""
+  from ecgjax.data import mixture  # pylint: disable=g-import-not-at-top (mixture imports us)
+  return ShardedSource(mixture.primary_path(data_cfg), split,
+                       skip_corrupt=bool(data_cfg.get("skip_corrupt", False)))
 
 
 def process_records(source, seed: int | None, process_index: int = 0,
@@ -299,15 +302,25 @@ def make_train_dataset(data_cfg, local_batch: int, seed: int, process_index: int
   """Infinite, seeded, per-process dataset of two-view segment batches.
 
   Batches hold raw segments (see :mod:`ecgjax.data.windows` for the fields); the train
-  step turns them into windows with ``windows.views`` on the device.
+  step turns them into windows with ``windows.views`` on the device. Only ``split``
+  (default ``data_cfg.train_split``) is read, of every source of a mixture
+  (:mod:`ecgjax.data.mixture`), so records of the other splits never reach pretraining.
   """
-  source = open_split(data_cfg, split or data_cfg.train_split)
-  if len(source) < process_count:
-    raise ValueError(f"{source!r} has fewer records than JAX processes ({process_count})")
-  window = WindowConfig.from_config(data_cfg, source.spec)
-  cutter = SegmentCutter(window, len(source.spec["label_names"]), source.spec["label_encoding"],
-                         views=2)
-  ds = TrainBatches(source, cutter, local_batch, seed, process_index, process_count)
+  from ecgjax.data import mixture  # pylint: disable=g-import-not-at-top (mixture imports us)
+  split = split or data_cfg.train_split
+  if mixture.is_mixture(data_cfg):
+    window = WindowConfig.from_config(data_cfg, mixture.train_spec(data_cfg))
+    ds = mixture.make_batches(data_cfg, split, window, local_batch, seed, process_index,
+                              process_count)
+    source = ds
+  else:
+    source = open_split(data_cfg, split)
+    if len(source) < process_count:
+      raise ValueError(f"{source!r} has fewer records than JAX processes ({process_count})")
+    window = WindowConfig.from_config(data_cfg, source.spec)
+    cutter = SegmentCutter(window, len(source.spec["label_names"]),
+                           source.spec["label_encoding"], views=2)
+    ds = TrainBatches(source, cutter, local_batch, seed, process_index, process_count)
   it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=int(data_cfg.read_threads),
                                                prefetch_buffer_size=int(data_cfg.prefetch)))
   if int(data_cfg.num_workers) > 0:

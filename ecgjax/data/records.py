@@ -44,6 +44,8 @@ class EcgRecord:
       class; multi-class: exactly one index).
     split: 'train', 'val', 'test' or '' when the source defines no split.
     r_peaks: sample indices of detected R peaks, sorted; None until detection ran.
+    patient_id: the patient the record comes from, '' when the source does not say
+      (the converter then groups splits by record_id).
     metadata: free-form string fields kept in the rejects/summary (not stored in shards).
   """
 
@@ -55,6 +57,7 @@ class EcgRecord:
   labels: Sequence[int] = ()
   split: str = ""
   r_peaks: np.ndarray | None = None
+  patient_id: str = ""
   metadata: dict[str, str] = dataclasses.field(default_factory=dict)
 
   def physical(self) -> np.ndarray:

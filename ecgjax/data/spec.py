@@ -5,6 +5,8 @@ export. Keys:
   converter_version, format, source, created
   dtype_note, units ('mV'), signal_dtypes (dtypes present), lead_order (union, canonical),
   sampling_rates {rate: count}, splits {split: count},
+  split_origin ('source' | 'assigned' | 'mixed'), split_counts_by_origin {source, assigned},
+  split_assignment {method, seed, fractions} (when any split was assigned by patient hash),
   label_names [...], label_encoding ('multi_hot' | 'class_index'), label_counts {split: [...]},
   lead_stats {lead: {mean, std, count}} (mV, over accepted records),
   shards [{file, split, records}], rejects {count, by_reason, file}, reader_summary {...}

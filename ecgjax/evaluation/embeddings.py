@@ -25,11 +25,12 @@ import ml_collections
 import numpy as np
 import tqdm
 
+from ecgjax.data import example
 from ecgjax.data import pipeline
 from ecgjax.data import windows
 from ecgjax.inference import encoder as encoder_lib
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: record and patient ids stored beside the embeddings.
 
 
 def cache_key(enc: encoder_lib.Encoder, data_path: str, spec: dict[str, Any], split: str,
@@ -73,7 +74,8 @@ def normalize_windows(x: np.ndarray, mask: np.ndarray, window: pipeline.WindowCo
 
 def embed_split(enc: encoder_lib.Encoder, embedder: encoder_lib.BatchEmbedder, data_cfg,
                 split: str, cache_dir: str, num_threads: int = 4) -> dict[str, Any]:
-  """{'x': [N, 2D] float32, 'y': [N, C] float32, 'cached': bool, 'file', 'seconds'}."""
+  """{'x': [N, 2D], 'y': [N, C] float32, 'record_id', 'patient_id' [N] str, 'cached', 'file',
+  'seconds'}; patient_id is '' where the shards do not know it."""
   from ecgjax.data import spec as spec_lib  # pylint: disable=g-import-not-at-top
   spec = spec_lib.load(data_cfg.path)
   skip = bool(data_cfg.get("skip_corrupt", False))
@@ -83,7 +85,8 @@ def embed_split(enc: encoder_lib.Encoder, embedder: encoder_lib.BatchEmbedder, d
     with np.load(path, allow_pickle=False) as z:
       if json.loads(str(z["key"])) == json.loads(json.dumps(key)):
         logging.info("embeddings of %r from cache %s", split, path)
-        return {"x": z["x"], "y": z["y"], "cached": True, "file": path, "seconds": 0.0}
+        return {"x": z["x"], "y": z["y"], "record_id": z["record_id"],
+                "patient_id": z["patient_id"], "cached": True, "file": path, "seconds": 0.0}
   start = time.time()
   ds, source = pipeline.make_eval_dataset(_eval_data_config(enc, data_cfg), split,
                                           batch_size=embedder.batch_size)
@@ -102,15 +105,57 @@ def embed_split(enc: encoder_lib.Encoder, embedder: encoder_lib.BatchEmbedder, d
   bar.close()
   x = encoder_lib.gather(chunks)
   y = np.concatenate(labels) if labels else np.zeros((0, len(spec["label_names"])), np.float32)
+  record_id, patient_id = record_identities(source)
+  if record_id.size != x.shape[0]:
+    raise RuntimeError(f"{source!r}: {x.shape[0]} embeddings but {record_id.size} readable "
+                       "records; the shards changed while embedding")
   seconds = time.time() - start
   logging.info("embedded %d %r records in %.1fs (%.0f rec/s)", x.shape[0], split, seconds,
                x.shape[0] / max(seconds, 1e-9))
   if cache_dir and jax.process_index() == 0:
     os.makedirs(cache_dir, exist_ok=True)
     tmp = path + f".tmp-{os.getpid()}.npz"
-    np.savez(tmp, x=x, y=y, key=np.asarray(json.dumps(key)))
+    np.savez(tmp, x=x, y=y, record_id=record_id, patient_id=patient_id,
+             key=np.asarray(json.dumps(key)))
     os.replace(tmp, path)
-  return {"x": x, "y": y, "cached": False, "file": path, "seconds": seconds}
+  return {"x": x, "y": y, "record_id": record_id, "patient_id": patient_id, "cached": False,
+          "file": path, "seconds": seconds}
+
+
+def record_identities(source) -> tuple[np.ndarray, np.ndarray]:
+  """(record_id, patient_id) [N] str of a source's readable records, in storage order.
+
+  The eval pipeline keeps storage order and drops only records skipped as corrupt, so
+  these line up with the embeddings. Only the small fields are parsed (no signal copy).
+  """
+  rids, pids = [], []
+  for i in range(len(source)):
+    data = source[i]
+    if data is None:
+      continue
+    rec = example.decode_view(data)
+    rids.append(rec["record_id"])
+    pids.append(rec["patient_id"])
+  return np.asarray(rids, dtype=str), np.asarray(pids, dtype=str)
+
+
+def split_groups(data_path: str, split: str, skip_corrupt: bool = False) -> np.ndarray:
+  """The patient group key (:func:`patient_groups`) of every readable record of a split."""
+  from ecgjax.data.source import ShardedSource  # pylint: disable=g-import-not-at-top
+  return patient_groups(*record_identities(ShardedSource(data_path, split, skip_corrupt)))
+
+
+def shared_groups(groups: dict[str, np.ndarray]) -> dict[str, int]:
+  """Patients (or records without one) found in two splits: 0 everywhere means no leak."""
+  keys = list(groups)
+  return {f"{a}/{b}": int(np.intersect1d(groups[a], groups[b]).size)
+          for i, a in enumerate(keys) for b in keys[i + 1:]}
+
+
+def patient_groups(record_id: np.ndarray, patient_id: np.ndarray) -> np.ndarray:
+  """One group key per record: its patient, or the record itself when unknown."""
+  return np.where(np.asarray(patient_id) != "", np.char.add("patient:", patient_id),
+                  np.char.add("record:", record_id))
 
 
 # ------------------------------------------------------------------------------ splits
@@ -124,25 +169,35 @@ def strata(y: np.ndarray) -> np.ndarray:
   return np.where(y.any(1), rarity.argmin(1), y.shape[1]).astype(np.int64)
 
 
-def stratified_holdout(y: np.ndarray, fractions: tuple[float, ...], seed: int
-                       ) -> list[np.ndarray]:
+def stratified_holdout(y: np.ndarray, fractions: tuple[float, ...], seed: int,
+                       groups: np.ndarray | None = None) -> list[np.ndarray]:
   """Seeded split of records into len(fractions) held-out parts plus the rest.
 
-  Each stratum (see :func:`strata`) contributes round(f * n) records to each part, so
-  held-out parts keep the class mix. Returns sorted index arrays [part_0, ..., rest].
+  With ``groups`` (one key per record, e.g. :func:`patient_groups`) whole groups move
+  together, so no patient is in two parts; a group's labels are the union of its records'.
+  Each stratum (see :func:`strata`) of groups contributes round(f * n) groups to each
+  part, so held-out parts keep the class mix. Without groups each record is its own.
+  Returns sorted record index arrays [part_0, ..., rest].
   """
+  y = np.asarray(y) > 0
+  if groups is None:
+    inverse, group_y = np.arange(y.shape[0]), y
+  else:
+    _, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    group_y = np.zeros((int(inverse.max(initial=-1)) + 1, y.shape[1]), bool)
+    np.logical_or.at(group_y, inverse, y)
   rng = np.random.default_rng(seed)
-  s = strata(y)
-  parts: list[list[int]] = [[] for _ in range(len(fractions) + 1)]
+  s = strata(group_y)
+  part_of = np.full(group_y.shape[0], len(fractions), np.int64)
   for stratum in np.unique(s):
     members = rng.permutation(np.flatnonzero(s == stratum))
     at = 0
     for p, f in enumerate(fractions):
       k = int(round(f * members.size))
-      parts[p].extend(members[at:at + k].tolist())
+      part_of[members[at:at + k]] = p
       at += k
-    parts[-1].extend(members[at:].tolist())
-  return [np.sort(np.asarray(p, np.int64)) for p in parts]
+  record_part = part_of[inverse]
+  return [np.flatnonzero(record_part == p) for p in range(len(fractions) + 1)]
 
 
 def label_fraction_subset(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:

@@ -31,6 +31,7 @@ from ecgjax import sharding
 from ecgjax.data import pipeline
 from ecgjax.data import spec as spec_lib
 from ecgjax.data import windows
+from ecgjax.evaluation import embeddings as probe_data
 from ecgjax.evaluation import metrics as probe_metrics
 from ecgjax.evaluation import report as probe_report
 from ecgjax.inference import encoder as encoder_lib
@@ -138,6 +139,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if name not in spec["splits"]:
       raise ValueError(f"config.splits.{role}={name!r}: {config.data.path} has splits "
                        f"{sorted(spec['splits'])}; fine-tuning needs train, val and test")
+  shared = probe_data.shared_groups({role: probe_data.split_groups(
+      config.data.path, config.splits[role], bool(config.data.skip_corrupt))
+                                     for role in ("train", "val", "test")})
+  if any(shared.values()):
+    logging.warning("patients in two fine-tune splits of %s: %s (convert with a patient-wise "
+                    "split; see README 'Splits that cannot leak')", config.data.path, shared)
   enc = encoder_lib.load(config.pretrained, config.random_like, seed=int(config.seed))
   depth = int(enc.model.cfg.depth)
   model = Classifier(enc.model, len(labels), rngs=nnx.Rngs(config.seed))
@@ -207,6 +214,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                   "model_size": enc.meta.get("model_size")},
       "task": {"data_path": os.path.abspath(config.data.path), "label_names": labels,
                "label_encoding": spec["label_encoding"], "num_classes": len(labels)},
+      "splits": {"patients_shared_between_splits": shared,
+                 "grouping": "patient_id from the shards, else record_id"},
       "optim": config.optim.to_dict(), "best_step": best["step"], "history": history,
       "results": [{"label_fraction": 1.0, "num_train": int(spec["splits"][config.splits.train]),
                    "val": {"macro_auroc": probe_metrics.clean(best["auroc"])}, "test": test}],

@@ -24,6 +24,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from ecgjax.data import mixture
 from ecgjax.data import spec as spec_lib
 from ecgjax.evaluation import embeddings as probe_data
 from ecgjax.evaluation import fit as probe_fit
@@ -85,9 +86,15 @@ def partial_note(spec: dict[str, Any]) -> str | None:
   return "; ".join(parts) + ": split and class counts below are what the probe used."
 
 
+def drops_unlabelled(spec: dict[str, Any]) -> bool:
+  """PTB-XL probes leave out records with no diagnostic superclass (Strodthoff et al. 2021)."""
+  return spec.get("format") == "ptbxl" and spec.get("label_encoding") == "multi_hot"
+
+
 def load_splits(enc: encoder_lib.Encoder, config, cache_dir: str
                 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, Any]]:
-  """Embeds the shard splits and carves missing val/test out of train (seeded, stratified).
+  """Embeds the shard splits and carves missing val/test out of train (seeded, stratified,
+  patient-wise: a patient's records stay in one split).
 
   Returns ({'train'|'val'|'test': (x, y)}, split report for results.json).
   """
@@ -98,24 +105,29 @@ def load_splits(enc: encoder_lib.Encoder, config, cache_dir: str
     raise ProbeConfigError(f"config.splits.train: {names['train']!r} is not a split of "
                            f"{config.data.path} (splits: {sorted(present)})")
   embedder = encoder_lib.BatchEmbedder(enc.model, int(config.batch_size))
-  data, files = {}, {}
+  data, groups, files, dropped = {}, {}, {}, {}
+  drop = drops_unlabelled(spec)
   for key in SPLIT_KEYS:
     if names[key] in present:
       out = probe_data.embed_split(enc, embedder, config.data, names[key], cache_dir,
                                    int(config.data.get("read_threads", 4)))
-      data[key] = (out["x"], out["y"])
+      keep = np.asarray(out["y"]).sum(1) > 0 if drop else np.ones(out["y"].shape[0], bool)
+      dropped[key] = int((~keep).sum())
+      data[key] = (out["x"][keep], out["y"][keep])
+      groups[key] = probe_data.patient_groups(out["record_id"], out["patient_id"])[keep]
       files[key] = {k: out[k] for k in ("file", "cached", "seconds")}
   origin = {k: f"shards split {names[k]!r}" for k in data}
   missing = [k for k in ("val", "test") if k not in data]
   if missing:
     x, y = data["train"]
+    g = groups["train"]
     fractions = tuple(float(config.holdout[("val", "test").index(k)]) for k in missing)
-    *held, rest = probe_data.stratified_holdout(y, fractions, int(config.seed))
+    *held, rest = probe_data.stratified_holdout(y, fractions, int(config.seed), groups=g)
     for k, idx, f in zip(missing, held, fractions):
-      data[k] = (x[idx], y[idx])
-      origin[k] = (f"stratified {100 * f:g}% of {names['train']!r} "
+      data[k], groups[k] = (x[idx], y[idx]), g[idx]
+      origin[k] = (f"stratified, patient-wise {100 * f:g}% of {names['train']!r} "
                    f"(seed {int(config.seed)}; the shards have no {names[k]!r} split)")
-    data["train"] = (x[rest], y[rest])
+    data["train"], groups["train"] = (x[rest], y[rest]), g[rest]
     origin["train"] += f" minus the held-out {' and '.join(missing)} records"
   labels = list(spec["label_names"])
   note = partial_note(spec)
@@ -124,6 +136,13 @@ def load_splits(enc: encoder_lib.Encoder, config, cache_dir: str
       "counts": {k: int(data[k][0].shape[0]) for k in SPLIT_KEYS},
       "class_counts": {k: probe_data.class_counts(data[k][1], labels) for k in SPLIT_KEYS},
       "spec_counts": {k: int(v) for k, v in (spec.get("splits") or {}).items()},
+      "dropped_no_label": {"rule": ("records with no diagnostic superclass left out "
+                                    "(Strodthoff et al. 2021)") if drop else "none dropped",
+                           "counts": dropped},
+      "patients": {k: int(np.unique(groups[k]).size) for k in SPLIT_KEYS},
+      "patients_shared_between_splits": probe_data.shared_groups(
+          {k: groups[k] for k in SPLIT_KEYS}),
+      "grouping": "patient_id from the shards, else record_id",
       "partial": note is not None,
       "partial_note": note,
       "embeddings": files,
@@ -278,7 +297,7 @@ def demo_config(train_config, workdir: str) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict({
       "job": "probe", "pretrained": os.path.join(workdir, "export"), "random_like": "",
       "step": -1, "seed": int(train_config.seed),
-      "data": {"path": train_config.data.path, "skip_corrupt": bool(train_config.data.skip_corrupt),
+      "data": {"path": mixture.primary_path(train_config.data), "skip_corrupt": bool(train_config.data.skip_corrupt),
                "read_threads": 2},
       "splits": {"train": "train", "val": "val", "test": "test"}, "holdout": (0.1, 0.1),
       "label_fractions": DEMO_FRACTIONS, "l2_grid": (1e-4, 1e-3, 1e-2, 1e-1, 1.0),

@@ -77,8 +77,8 @@ def restore_model(run_dir: str, step: int | None = None, init: str = "trained"):
 def export_config(cfg: ml_collections.ConfigDict, step: int, source: str, init: str) -> dict[str, Any]:
   spec_stats = None
   if cfg.data.normalize == "dataset":
-    from ecgjax.data import spec as spec_lib  # pylint: disable=g-import-not-at-top
-    spec_stats = spec_lib.load(cfg.data.path)["lead_stats"]
+    from ecgjax.data import mixture  # pylint: disable=g-import-not-at-top
+    spec_stats = mixture.train_spec(cfg.data)["lead_stats"]  # a mixture's, pooled.
   return {
       "export_version": EXPORT_VERSION,
       "model": state_lib.model_config(cfg).to_dict(),
