@@ -29,7 +29,7 @@ import tqdm
 
 from data_pipelines import validate as validate_lib
 from ecgjax import cli
-from ecgjax.data import example, rpeaks, spec as spec_lib, tfrecord
+from ecgjax.data import spec as spec_lib
 from ecgjax.data.records import EcgRecord, Reject
 
 FORMATS = ("wfdb", "ptbxl", "numpy", "synthetic")
@@ -85,6 +85,7 @@ def _prepare(record: EcgRecord, args: argparse.Namespace) -> EcgRecord | Reject:
   if reason:
     return Reject(record.record_id, record.metadata.get("source", ""), reason)
   if record.r_peaks is None:
+    from ecgjax.data import rpeaks  # pylint: disable=g-import-not-at-top  (scipy: seconds)
     record.r_peaks = rpeaks.detect_r_peaks(record.physical(), record.sampling_rate, record.leads)
   return record
 
@@ -104,6 +105,8 @@ def convert_group(reader, items: list[str], group: int, args: argparse.Namespace
       summary = json.load(f)
     progress(len(items))
     return summary
+  # Imported here, not at the top: a flag error is reported before TF protos and scipy load.
+  from ecgjax.data import example, tfrecord  # pylint: disable=g-import-not-at-top
   writers: dict[str, tfrecord.TFRecordWriter] = {}
   counts, rates, rejects = collections.Counter(), collections.Counter(), []
   dtypes, flat = collections.Counter(), collections.Counter()

@@ -31,17 +31,20 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError,
 
 
 def _closest(name: str, known: list[str]) -> str | None:
-  """Spelling first (difflib), then abbreviation ('learning_rate' -> 'lr'), then a shared word."""
-  close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+  """A shared word ('batch_size' -> 'global_batch'), then spelling (difflib), then an
+  abbreviation ('learning_rate' -> 'lr')."""
+  words = {w for w in name.lower().split("_") if len(w) >= 3}
+  shared = [k for k in known if words & set(k.lower().split("_"))]
+  if len(shared) == 1:
+    return shared[0]
+  close = difflib.get_close_matches(name, shared or known, n=1, cutoff=0.6)
   if close:
     return close[0]
   initials = lambda s: "".join(w[0] for w in s.split("_") if w)
   for k in known:
     if len(k) > 1 and (k == initials(name) or name == initials(k)):
       return k
-  words = {w for w in name.lower().split("_") if len(w) >= 3}
-  shared = [k for k in known if words & set(k.lower().split("_"))]
-  return shared[0] if len(shared) == 1 else None
+  return None
 
 
 def did_you_mean(name: str, known: Iterable[str], prefix: str = "") -> str:
