@@ -31,13 +31,15 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError,
 
 
 def _closest(name: str, known: list[str]) -> str | None:
-  """A shared word ('batch_size' -> 'global_batch'), then spelling (difflib), then an
-  abbreviation ('learning_rate' -> 'lr')."""
+  """The key sharing the most of the name's words ('batch_size' -> 'global_batch'), then
+  spelling (difflib), then an abbreviation ('learning_rate' -> 'lr')."""
   words = {w for w in name.lower().split("_") if len(w) >= 3}
-  shared = [k for k in known if words & set(k.lower().split("_"))]
-  if len(shared) == 1:
-    return shared[0]
-  close = difflib.get_close_matches(name, shared or known, n=1, cutoff=0.6)
+  score = {k: sum(len(w) for w in words & set(k.lower().split("_"))) for k in known}
+  best = max(score.values(), default=0)
+  tied = [k for k in known if best and score[k] == best]
+  if len(tied) == 1:
+    return tied[0]
+  close = difflib.get_close_matches(name, tied or known, n=1, cutoff=0.6)
   if close:
     return close[0]
   initials = lambda s: "".join(w[0] for w in s.split("_") if w)
