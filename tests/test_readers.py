@@ -131,9 +131,9 @@ def test_ptbxl_missing_signal_counted_and_missing_dat_rejected(tmp_path):
   bad = r.read("00002")
   assert isinstance(bad, Reject) and bad.record_id == "00002"
   assert bad.reason.startswith("unreadable") and "00002_lr" in bad.reason
-  # Only records100 exists: asking for 500 Hz finds no signal at all.
-  r500 = readers.PtbxlReader(str(root), str(PTBXL / "ptbxl_labels.csv"), sampling_rate=500)
-  assert r500.list_items() == [] and r500.summary()["missing_signal"] == 21799
+  # Only records100 exists: asking for 500 Hz finds no signal at all, which is an error.
+  with pytest.raises(ValueError, match=r"^--input=.*: no PTB-XL headers under records500/"):
+    readers.PtbxlReader(str(root), str(PTBXL / "ptbxl_labels.csv"), sampling_rate=500)
   with pytest.raises(ValueError):
     readers.PtbxlReader(str(root), str(PTBXL / "ptbxl_labels.csv"), sampling_rate=250)
 
