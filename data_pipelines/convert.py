@@ -109,7 +109,7 @@ def convert_group(reader, items: list[str], group: int, args: argparse.Namespace
   from ecgjax.data import example, tfrecord  # pylint: disable=g-import-not-at-top
   writers: dict[str, tfrecord.TFRecordWriter] = {}
   counts, rates, rejects = collections.Counter(), collections.Counter(), []
-  dtypes, flat = collections.Counter(), collections.Counter()
+  dtypes, flat, flat_records = collections.Counter(), collections.Counter(), 0
   label_counts: dict[str, np.ndarray] = {}
   stats = _Stats()
   try:
@@ -133,7 +133,7 @@ def convert_group(reader, items: list[str], group: int, args: argparse.Namespace
       rates[str(float(rec.sampling_rate))] += 1
       dtypes[np.asarray(rec.signal).dtype.name] += 1
       if rec.metadata.get("flat_leads"):
-        flat["records"] += 1
+        flat_records += 1
         flat.update(rec.metadata["flat_leads"].split(","))
       hot = np.zeros(num_classes, np.int64)
       hot[list(rec.labels)] = 1
@@ -150,7 +150,7 @@ def convert_group(reader, items: list[str], group: int, args: argparse.Namespace
       "shards": [{"file": os.path.basename(w.path), "split": s, "records": counts[s]}
                  for s, w in sorted(writers.items())],
       "counts": dict(counts), "rates": dict(rates), "dtypes": dict(dtypes), "rejects": rejects,
-      "flat_leads": dict(flat),
+      "flat_leads": {"records": flat_records, "by_lead": dict(flat)},
       "label_counts": {k: v.tolist() for k, v in label_counts.items()},
       "lead_sums": stats.to_json(),
   }
@@ -183,9 +183,10 @@ def _run_group(job):
 def merge(summaries: Iterable[dict[str, Any]], reader, args, label_encoding) -> dict[str, Any]:
   splits, rates, label_counts = collections.Counter(), collections.Counter(), {}
   lead_sums = collections.defaultdict(lambda: np.zeros(3))
-  shards, rejects, dtypes, flat = [], [], set(), collections.Counter()
+  shards, rejects, dtypes, flat, flat_records = [], [], set(), collections.Counter(), 0
   for s in sorted(summaries, key=lambda s: s["group"]):
-    flat.update(s.get("flat_leads", {}))
+    flat_records += s.get("flat_leads", {}).get("records", 0)
+    flat.update(s.get("flat_leads", {}).get("by_lead", {}))
     shards += s["shards"]
     # Group markers from before dtypes were recorded: assume any stored dtype.
     dtypes |= set(s.get("dtypes", ("int16", "int32", "float32")))
@@ -226,7 +227,7 @@ def merge(summaries: Iterable[dict[str, Any]], reader, args, label_encoding) -> 
       "shards": shards,
       "rejects": {"count": len(rejects), "by_reason": dict(by_reason), "file": "rejects.jsonl"},
       # Flat leads were dropped (absent, masked downstream), not stored as zeros.
-      "flat_leads": {"records": int(flat.pop("records", 0)),
+      "flat_leads": {"records": int(flat_records),
                      "by_lead": {l: int(flat[l]) for l in _lead_order(flat)}},
       "reader_summary": reader.summary(),
   }
@@ -347,9 +348,10 @@ def convert(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def amplitude_warnings(spec: dict[str, Any]) -> list[str]:
-  """One line per implausible lead std (mV), naming the unit the numbers likely are in.
+  """A warning when the reference lead's std (mV) is implausible, naming the likely unit.
 
-  Lead II is reported when present (the usual rhythm lead), else the first stored lead.
+  The reference is lead II when present (the usual rhythm lead), else the first stored
+  lead; one lead is enough, since a unit mistake affects every lead alike.
   """
   stats = spec["lead_stats"]
   if not stats:

@@ -141,7 +141,6 @@ def check_args(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
   """Embeds every record of ``args.input``; raises EmptyOutputError when none could be."""
-  from data_pipelines import validate as validate_lib  # pylint: disable=g-import-not-at-top
   from ecgjax import cli  # pylint: disable=g-import-not-at-top
   kind = check_args(args)
   if kind == "shards":
@@ -164,7 +163,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rejected.append((rec["record_id"], rec["error"]))
         continue
       if not kept:
-        _warn_amplitude(rec, validate_lib.amplitude_hint)
+        _warn_amplitude(rec)
       kept.append(rec)
       yield rec
 
@@ -212,12 +211,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   return out
 
 
-def _warn_amplitude(rec: dict[str, Any], hint_fn) -> None:
-  """Warns once, on the first record, when its amplitudes are not plausibly mV."""
+def _warn_amplitude(rec: dict[str, Any]) -> None:
+  """Warns (called on the first record) when the amplitudes are not plausibly mV."""
+  from data_pipelines import validate as validate_lib  # pylint: disable=g-import-not-at-top
   leads = list(rec["leads"])
   row = leads.index("II") if "II" in leads else 0
   std = float(np.std(np.asarray(rec["signal"])[row]))
-  hint = hint_fn(std)
+  hint = validate_lib.amplitude_hint(std)
   if hint:
     logging.warning("record %s lead %s std is %.4g \"mV\", implausible for an ECG: %s "
                     "(--units)", rec["record_id"], leads[row], std, hint)
