@@ -107,8 +107,11 @@ def setup_logging() -> None:
   """INFO lines on stderr, whatever an import configured first.
 
   Orbax logs through absl while it is imported, which calls ``logging.basicConfig()`` and
-  leaves the root logger at WARNING; a plain ``basicConfig(level=INFO)`` afterwards is a
-  no-op, so ``force`` replaces that handler.
+  leaves the root logger at WARNING, so a later ``basicConfig(level=INFO)`` is a no-op
+  and INFO lines vanish. The level is set on the root logger itself; existing handlers
+  (absl's, pytest's) are kept.
   """
-  logging.basicConfig(level=logging.INFO, force=True,
-                      format="%(asctime)s %(levelname)s %(message)s")
+  root = logging.getLogger()
+  if not root.handlers:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s")
+  root.setLevel(logging.INFO)

@@ -238,6 +238,13 @@ def test_conversion_progress_moves_per_record(tmp_path, monkeypatch):
   # One update per record, not one per shard group.
   assert updates[:12] == [1] * 12 and sum(updates) == 12
 
+  # Worker processes: the parent polls a shared counter, so one group still moves the bar.
+  updates.clear()
+  convert.convert(convert.build_parser().parse_args(
+      ["--format=synthetic", f"--output={tmp_path / 'w2'}", "--num_records=300",
+       "--num_shards=1", "--workers=2", "--sampling_rate=250", "--duration_s=3"]))
+  assert sum(updates) == 300 and len([k for k in updates if 0 < k < 300]) >= 2, updates
+
 
 # -------------------------------------------------------------------------- embed CLI
 @pytest.mark.parametrize("flags,expected", [
