@@ -78,7 +78,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except Exception as e:  # pylint: disable=broad-except
-    if "--verbose" in argv:
+    if any(a in ("--verbose", "--verbose=true", "--verbose=True", "--verbose=1") for a in argv):
       raise
     cli.fail(os.path.basename(argv[0]), _override_error(argv) or cli.one_line(e))
 
@@ -108,7 +108,7 @@ def _override_error(argv: list[str]) -> str | None:
 
 def main(argv) -> None:
   del argv
-  logging.getLogger().setLevel(logging.DEBUG if _VERBOSE.value else logging.INFO)
+  logging.getLogger().setLevel(logging.INFO)
   if not _LIBRARY_LOGS.value:
     for handler in logging.getLogger().handlers:
       handler.addFilter(_QuietLibraries())
