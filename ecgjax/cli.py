@@ -42,11 +42,14 @@ def _closest(name: str, known: list[str]) -> str | None:
   close = difflib.get_close_matches(name, tied or known, n=1, cutoff=0.6)
   if close:
     return close[0]
-  initials = lambda s: "".join(w[0] for w in s.split("_") if w)
   for k in known:
-    if len(k) > 1 and (k == initials(name) or name == initials(k)):
+    if len(k) > 1 and (k == _initials(name) or name == _initials(k)):
       return k
   return None
+
+
+def _initials(key: str) -> str:
+  return "".join(w[0] for w in key.split("_") if w)
 
 
 def did_you_mean(name: str, known: Iterable[str], prefix: str = "") -> str:
@@ -79,6 +82,7 @@ def missing_config_key(config: Any, dotted: str) -> str | None:
 
 
 def one_line(e: BaseException) -> str:
+  """The exception's message on one line (KeyError's quotes removed)."""
   text = " ".join(str(e).split()) or type(e).__name__
   if isinstance(e, KeyError) and text.startswith(("'", '"')):
     text = text.strip("'\"")
