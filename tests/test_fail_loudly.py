@@ -260,6 +260,16 @@ def test_embed_bad_flags_fail_before_any_work(tmp_path, flags, expected):
   assert _one_line(out, 2, "embed").startswith(expected)
 
 
+@pytest.mark.parametrize("module", ["data_pipelines.convert", "ecgjax.embed"])
+def test_mitbih_at_a_wrong_rate_is_one_error_not_44_skips(tmp_path, module):
+  data = requires_shared("mitbih")
+  extra = ["--format=wfdb"] if module.startswith("data") else [f"--model={tmp_path}"]
+  out = _cli("-m", module, *extra, f"--input={data}", f"--output={tmp_path / 'o'}",
+             "--sampling_rate=100")
+  msg = _one_line(out, 2, module.rsplit(".", 1)[-1])
+  assert msg.startswith("--sampling_rate=100: the WFDB headers declare 360 Hz (44 records)")
+
+
 def test_embed_modes_match_the_api():
   from ecgjax.inference import embed, pretrained  # pylint: disable=g-import-not-at-top
   assert embed.MODES == pretrained.MODES
