@@ -353,3 +353,19 @@ def test_probe_tiny_holdouts_warn():
   assert w == ["val has only 1 record(s) (stratified 2% of 'train'): its metrics will be n/a "
                "or noise; convert with a val split or raise config.holdout (fewer than 20 "
                "records)"]
+
+
+# ---------------------------------------------------------------------------- train
+def test_training_logs_compile_and_final_save_with_durations(synthetic_shards, tmp_path,
+                                                             caplog):
+  from ecgjax import train  # pylint: disable=g-import-not-at-top
+  from tests.conftest import micro_config  # pylint: disable=g-import-not-at-top
+  cfg = micro_config(synthetic_shards)
+  cfg.total_steps, cfg.log_every, cfg.checkpoint_every = 2, 2, 2
+  with caplog.at_level(logging.INFO):
+    train.train_and_evaluate(cfg, str(tmp_path / "run"))
+  lines = [r.getMessage() for r in caplog.records]
+  i = lines.index("compiling the train step…")
+  assert lines[i + 1].startswith("compiled train step in ") and lines[i + 1].endswith("s")
+  j = lines.index("saving the final checkpoint (step 2)…")
+  assert j > i and any(l.startswith("final checkpoint saved in ") for l in lines[j:])
