@@ -388,7 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "file's names, e.g. --leads=II,V1 for a Holter record whose channels "
                       "are both called 'ECG'")
   p.add_argument("--lead_map", default=None,
-                 help="wfdb: rename source leads by name, e.g. 'ECG=I' for single-lead CinC-2017")
+                 help="wfdb: rename source leads by name, e.g. 'ECG=I' for single-lead "
+                      "CinC-2017")
   p.add_argument("--units", default=None, help="numpy: unit of the values (mV, uV or V; "
                  "default mV or the sidecar's)")
   p.add_argument("--layout", default=None, choices=("NCT", "NTC"),

@@ -331,7 +331,8 @@ def test_missing_config_key_at_any_depth():
   assert cli.missing_config_key(c, "optim.lr") is None
   assert cli.missing_config_key(c, "data.sampling_rat").startswith(
       "config.data.sampling_rat: unknown key (did you mean config.data.sampling_rate?")
-  assert cli.missing_config_key(c, "optim.lr.x") == "config.optim.lr is a value (float), not a group"
+  assert (cli.missing_config_key(c, "optim.lr.x")
+          == "config.optim.lr is a value (float), not a group")
   assert "did you mean config.global_batch?" in cli.missing_config_key(c, "batch_size")
 
 
