@@ -23,6 +23,8 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Total JAX processe
 _LIBRARY_LOGS = flags.DEFINE_bool("library_logs", False,
                                    "Keep INFO logs of Orbax/grain/JAX internals.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_VERBOSE = flags.DEFINE_bool("verbose", False,
+                             "Full tracebacks for usage/config errors (default: one line).")
 
 
 def _initialize_distributed() -> None:
@@ -52,6 +54,58 @@ class _QuietLibraries(logging.Filter):
     return record.levelno >= logging.WARNING or not any(s in record.pathname for s in self._NOISY)
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+  """Errors a user fixes by changing a flag, config field or input: one line, exit 2."""
+  from ecgjax import checkpoint, cli, config as config_lib  # pylint: disable=g-import-not-at-top
+  from ecgjax.data import spec  # pylint: disable=g-import-not-at-top
+  return (app.UsageError, cli.UsageError, cli.EmptyOutputError, config_lib.ConfigError,
+          spec.SpecError, checkpoint.WorkdirError, FileNotFoundError)
+
+
+def _is_user_error(e: BaseException) -> bool:
+  """A ValueError whose message starts with the field it names is a config error too."""
+  return isinstance(e, _user_errors()) or (
+      isinstance(e, ValueError) and str(e).startswith(("config.", "--")))
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing, but a bad flag or --config.X override is one line, not a traceback.
+
+  ml_collections raises AttributeError/KeyError from inside flag parsing for an unknown
+  override key; the config file is loaded again here to name the key and its siblings.
+  """
+  from ecgjax import cli  # pylint: disable=g-import-not-at-top
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # pylint: disable=broad-except
+    if any(a in ("--verbose", "--verbose=true", "--verbose=True", "--verbose=1") for a in argv):
+      raise
+    cli.fail(os.path.basename(argv[0]), _override_error(argv) or cli.one_line(e))
+
+
+def _override_error(argv: list[str]) -> str | None:
+  """'config.optim.learning_rate: unknown key (did you mean config.optim.lr? ...)' or None."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  from ecgjax import cli  # pylint: disable=g-import-not-at-top
+  spec_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if not spec_arg:
+    return None
+  path, _, arg = spec_arg.partition(":")
+  try:
+    spec = importlib.util.spec_from_file_location("_ecgjax_config_file", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(arg) if arg else module.get_config()
+  except Exception:  # pylint: disable=broad-except  (the flag's own error is reported instead)
+    return None
+  for a in argv:
+    if a.startswith("--config."):
+      message = cli.missing_config_key(config, a[len("--config."):].split("=", 1)[0])
+      if message:
+        return message
+  return None
+
+
 def main(argv) -> None:
   del argv
   logging.getLogger().setLevel(logging.INFO)
@@ -64,13 +118,22 @@ def main(argv) -> None:
   _initialize_distributed()
   try:
     _run_job(config)
-  except (Exception, KeyboardInterrupt):
+  except Exception as e:  # pylint: disable=broad-except
+    if _VERBOSE.value or not _is_user_error(e):
+      _exit_now_if_multiprocess()
+      raise
+    from ecgjax import cli  # pylint: disable=g-import-not-at-top
+    status = cli.EMPTY_EXIT if isinstance(e, cli.EmptyOutputError) else cli.USAGE_EXIT
+    print(f"main.py: error: {cli.one_line(e)}", file=sys.stderr, flush=True)
+    _exit_now_if_multiprocess(status, log=False)
+    sys.exit(status)
+  except KeyboardInterrupt:
     _exit_now_if_multiprocess()
     raise
 
 
-def _exit_now_if_multiprocess() -> None:
-  """After a failure in one of several processes, exit at once with status 1.
+def _exit_now_if_multiprocess(status: int = 1, log: bool = True) -> None:
+  """After a failure in one of several processes, exit at once with ``status``.
 
   A normal exit runs jax.distributed.shutdown, which waits (minutes) for the other
   processes; they are blocked in a collective with this one, so the job would hang
@@ -78,10 +141,11 @@ def _exit_now_if_multiprocess() -> None:
   """
   import jax  # pylint: disable=g-import-not-at-top
   if jax.process_count() > 1:
-    logging.exception("process %d of %d failed", jax.process_index(), jax.process_count())
+    if log:
+      logging.exception("process %d of %d failed", jax.process_index(), jax.process_count())
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(1)  # pylint: disable=protected-access
+    os._exit(status)  # pylint: disable=protected-access
 
 
 def _run_job(config) -> None:
@@ -110,4 +174,4 @@ def _run_job(config) -> None:
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

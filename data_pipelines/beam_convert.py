@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 
 from data_pipelines import convert
+from ecgjax import cli
 from ecgjax.data import spec as spec_lib
 
 
@@ -38,18 +38,27 @@ def run(args: argparse.Namespace, beam_argv: list[str]) -> dict:
                  | "Reshuffle" >> beam.Reshuffle()
                  | "Convert" >> beam.Map(convert_one)
                  | "Collect" >> beam.combiners.ToList())
-    summaries | "WriteSpec" >> beam.Map(
-        lambda rows: spec_lib.write(args.output, convert.merge(
-            [json.loads(r) for r in rows], reader, args, label_encoding)))
+    summaries | "WriteSpec" >> beam.Map(write_spec, reader, args, label_encoding)
+  if not os.path.exists(os.path.join(args.output, spec_lib.SPEC_FILE)):
+    raise cli.EmptyOutputError(f"0 of {sum(len(g) for g in groups)} records converted; no "
+                               f"spec.json written, see {args.output}/rejects.jsonl")
   return spec_lib.load(args.output)
 
 
+def write_spec(rows: list[str], reader, args: argparse.Namespace, label_encoding: str) -> None:
+  """Merges the group summaries into spec.json, unless no record was converted."""
+  spec = convert.merge([json.loads(r) for r in rows], reader, args, label_encoding)
+  if spec["num_records"]:
+    spec["warnings"] = convert.amplitude_warnings(spec)
+    spec_lib.write(args.output, spec)
+
+
 def main(argv: list[str] | None = None) -> None:
-  logging.basicConfig(level=logging.INFO)
   argv = sys.argv[1:] if argv is None else argv
   ours, beam_argv = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
   args = convert.build_parser().parse_args(ours)
-  spec = run(args, beam_argv)
+  cli.setup_logging()
+  spec = cli.run("beam_convert", lambda: run(args, beam_argv), args.verbose)
   print(json.dumps({"records": spec["num_records"], "splits": spec["splits"],
                     "rejects": spec["rejects"]}, indent=1))
 

@@ -26,14 +26,15 @@ import multiprocessing
 import os
 import sys
 import time
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import tqdm
 
 from data_pipelines import splits as splits_lib
 from data_pipelines import validate as validate_lib
-from ecgjax.data import example, rpeaks, spec as spec_lib, tfrecord
+from ecgjax import cli
+from ecgjax.data import spec as spec_lib
 from ecgjax.data.records import EcgRecord, Reject
 
 FORMATS = ("wfdb", "ptbxl", "numpy", "synthetic")
@@ -48,8 +49,10 @@ def make_reader(args: argparse.Namespace):
                            duration_s=args.duration_s)
   from data_pipelines import readers  # pylint: disable=g-import-not-at-top
   extra = {"min_duration_s": args.min_duration_s}
-  if args.format == "numpy" and args.leads:
+  if args.leads:
     extra["leads"] = args.leads
+  if args.format == "numpy":
+    extra.update({k: getattr(args, k) for k in ("units", "layout") if getattr(args, k, None)})
   if args.format == "wfdb" and args.lead_map:
     extra["lead_map"] = args.lead_map
   return readers.make_reader(args.format, args.input, args.labels, args.sampling_rate, **extra)
@@ -58,7 +61,12 @@ def make_reader(args: argparse.Namespace):
 def _fingerprint(args: argparse.Namespace) -> dict[str, Any]:
   keys = ("format", "input", "labels", "sampling_rate", "num_shards", "min_duration_s", "lead_map",
           "num_records", "seed", "duration_s", "records", "split_seed", "split_fractions")
-  return {k: getattr(args, k, None) for k in keys}
+  out = {k: getattr(args, k, None) for k in keys}
+  # Later flags enter the fingerprint only when set, so older outputs still resume.
+  for k in ("leads", "units", "layout"):
+    if getattr(args, k, None):
+      out[k] = list(getattr(args, k)) if k == "leads" else getattr(args, k)
+  return out
 
 
 class _Stats:
@@ -82,22 +90,33 @@ def _prepare(record: EcgRecord, args: argparse.Namespace) -> EcgRecord | Reject:
   if reason:
     return Reject(record.record_id, record.metadata.get("source", ""), reason)
   if record.r_peaks is None:
+    from ecgjax.data import rpeaks  # pylint: disable=g-import-not-at-top  (scipy: seconds)
     record.r_peaks = rpeaks.detect_r_peaks(record.physical(), record.sampling_rate, record.leads)
   return record
 
 
 def convert_group(reader, items: list[str], group: int, args: argparse.Namespace,
-                  label_encoding: str, num_classes: int) -> dict[str, Any]:
-  """Converts one group of items; returns (and persists) its done-marker summary."""
+                  label_encoding: str, num_classes: int,
+                  progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+  """Converts one group of items; returns (and persists) its done-marker summary.
+
+  ``progress(n)`` is called after every record (n=1), or once with the group's size
+  when a finished group is skipped, so a progress bar moves per record.
+  """
+  progress = progress or _worker_progress
   marker = os.path.join(args.output, _GROUPS_DIR, f"{group:05d}.json")
   if os.path.exists(marker):
     with open(marker) as f:
-      return json.load(f)
+      summary = json.load(f)
+    progress(len(items))
+    return summary
+  # Imported here, not at the top: a flag error is reported before TF protos and scipy load.
+  from ecgjax.data import example, tfrecord  # pylint: disable=g-import-not-at-top
   writers: dict[str, tfrecord.TFRecordWriter] = {}
   counts, rates, rejects = collections.Counter(), collections.Counter(), []
   split_sources = collections.Counter()
   fractions = splits_lib.parse_fractions(args.split_fractions)
-  dtypes = collections.Counter()
+  dtypes, flat, flat_records = collections.Counter(), collections.Counter(), 0
   label_counts: dict[str, np.ndarray] = {}
   stats = _Stats()
   try:
@@ -108,6 +127,7 @@ def convert_group(reader, items: list[str], group: int, args: argparse.Namespace
           rec = _prepare(rec, args)
       except Exception as e:  # pylint: disable=broad-except
         rec = Reject(str(item), str(item), f"{type(e).__name__}: {e}")
+      progress(1)
       if isinstance(rec, Reject):
         rejects.append({"record_id": rec.record_id, "source": rec.source, "reason": rec.reason})
         continue
@@ -123,6 +143,9 @@ def convert_group(reader, items: list[str], group: int, args: argparse.Namespace
       counts[split] += 1
       rates[str(float(rec.sampling_rate))] += 1
       dtypes[np.asarray(rec.signal).dtype.name] += 1
+      if rec.metadata.get("flat_leads"):
+        flat_records += 1
+        flat.update(rec.metadata["flat_leads"].split(","))
       hot = np.zeros(num_classes, np.int64)
       hot[list(rec.labels)] = 1
       label_counts[split] = label_counts.get(split, 0) + hot
@@ -139,6 +162,7 @@ def convert_group(reader, items: list[str], group: int, args: argparse.Namespace
                  for s, w in sorted(writers.items())],
       "counts": dict(counts), "rates": dict(rates), "dtypes": dict(dtypes), "rejects": rejects,
       "split_sources": dict(split_sources),
+      "flat_leads": {"records": flat_records, "by_lead": dict(flat)},
       "label_counts": {k: v.tolist() for k, v in label_counts.items()},
       "lead_sums": stats.to_json(),
   }
@@ -149,6 +173,21 @@ def convert_group(reader, items: list[str], group: int, args: argparse.Namespace
   return summary
 
 
+# Per-record progress from spawn workers: a shared counter the parent polls.
+_COUNTER = None
+
+
+def _init_worker(counter) -> None:
+  global _COUNTER
+  _COUNTER = counter
+
+
+def _worker_progress(n: int) -> None:
+  if _COUNTER is not None:
+    with _COUNTER.get_lock():
+      _COUNTER.value += n
+
+
 def _run_group(job):
   return convert_group(*job)
 
@@ -156,10 +195,12 @@ def _run_group(job):
 def merge(summaries: Iterable[dict[str, Any]], reader, args, label_encoding) -> dict[str, Any]:
   splits, rates, label_counts = collections.Counter(), collections.Counter(), {}
   lead_sums = collections.defaultdict(lambda: np.zeros(3))
-  shards, rejects, dtypes = [], [], set()
+  shards, rejects, dtypes, flat, flat_records = [], [], set(), collections.Counter(), 0
   split_sources = collections.Counter()
   for s in sorted(summaries, key=lambda s: s["group"]):
     split_sources.update(s.get("split_sources", {}))
+    flat_records += s.get("flat_leads", {}).get("records", 0)
+    flat.update(s.get("flat_leads", {}).get("by_lead", {}))
     shards += s["shards"]
     # Group markers from before dtypes were recorded: assume any stored dtype.
     dtypes |= set(s.get("dtypes", ("int16", "int32", "float32")))
@@ -200,6 +241,9 @@ def merge(summaries: Iterable[dict[str, Any]], reader, args, label_encoding) -> 
       "lead_stats": lead_stats,
       "shards": shards,
       "rejects": {"count": len(rejects), "by_reason": dict(by_reason), "file": "rejects.jsonl"},
+      # Flat leads were dropped (absent, masked downstream), not stored as zeros.
+      "flat_leads": {"records": int(flat_records),
+                     "by_lead": {l: int(flat[l]) for l in _lead_order(flat)}},
       "reader_summary": reader.summary(),
   }
 
@@ -243,7 +287,21 @@ def plan(args: argparse.Namespace):
   if args.format != "synthetic" and not (args.input and os.path.exists(args.input)):
     raise FileNotFoundError(f"--input={args.input!r} does not exist")
   if args.num_shards < 1:
-    raise ValueError(f"--num_shards must be >= 1, got {args.num_shards}")
+    raise ValueError(f"--num_shards={args.num_shards}: must be >= 1")
+  if args.workers < 1:
+    raise ValueError(f"--workers={args.workers}: must be >= 1")
+  if args.sampling_rate is not None and not args.sampling_rate > 0:
+    raise ValueError(f"--sampling_rate={args.sampling_rate:g}: must be > 0 Hz (the rate of "
+                     "the input data)")
+  if args.leads and args.format == "synthetic":
+    raise ValueError("--leads: the synthetic generator names its own leads")
+  # The reader checks its flags and indexes the input before anything is written, so a
+  # typo leaves no half-made output directory behind.
+  splits_lib.parse_fractions(args.split_fractions)
+  reader = make_reader(args)
+  items = select_records(reader, reader.list_items(), args.records)
+  if not items:
+    raise ValueError(f"--input={args.input}: no {args.format} records found")
   os.makedirs(os.path.join(args.output, _GROUPS_DIR), exist_ok=True)
   fp_path = os.path.join(args.output, _GROUPS_DIR, "args.json")
   fingerprint = _fingerprint(args)
@@ -251,17 +309,14 @@ def plan(args: argparse.Namespace):
     with open(fp_path) as f:
       previous = json.load(f)
     if previous != fingerprint:
-      raise ValueError(f"{args.output} holds a conversion with other settings {previous}; "
-                       "use a new --output directory")
+      raise ValueError(f"--output={args.output} holds a conversion with other settings "
+                       f"{previous}; use a new --output directory")
   else:
     tmp = fp_path + f".tmp-{os.getpid()}"  # a kill mid-write must not block the re-run.
     with open(tmp, "w") as f:
       json.dump(fingerprint, f)
     os.replace(tmp, fp_path)
   _remove_stale_temps(args.output)
-  splits_lib.parse_fractions(args.split_fractions)  # fails before any work.
-  reader = make_reader(args)
-  items = select_records(reader, reader.list_items(), args.records)
   label_encoding = "multi_hot" if reader.label_type == "multi_hot" else "class_index"
   groups = [items[g::args.num_shards] for g in range(args.num_shards)]
   return reader, groups, label_encoding, len(reader.label_names)
@@ -300,25 +355,64 @@ def convert(args: argparse.Namespace) -> dict[str, Any]:
   if args.workers > 1:
     # spawn: safe even when the caller (main.py's demo) already initialised JAX.
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(args.workers) as pool:
-      for s in pool.imap_unordered(_run_group, jobs):
-        summaries.append(s)
-        bar.update(sum(s["counts"].values()) + len(s["rejects"]))
+    counter = ctx.Value("q", 0)
+    with ctx.Pool(args.workers, initializer=_init_worker, initargs=(counter,)) as pool:
+      results = pool.imap_unordered(_run_group, jobs)
+      while len(summaries) < len(jobs):
+        try:
+          summaries.append(results.next(timeout=0.25))
+        except multiprocessing.TimeoutError:
+          pass
+        bar.update(counter.value - bar.n)
   else:
     for job in jobs:
-      summaries.append(_run_group(job))
-      bar.update(sum(summaries[-1]["counts"].values()) + len(summaries[-1]["rejects"]))
+      summaries.append(convert_group(*job, progress=bar.update))
+  bar.update(len(items) - bar.n)
   bar.close()
   spec = merge(summaries, reader, args, label_encoding)
   elapsed = time.time() - start
+  if spec["num_records"] == 0:
+    reasons = ", ".join(f"{k}: {v}" for k, v in spec["rejects"]["by_reason"].items())
+    example = ""
+    if spec["rejects"]["count"]:
+      first = next(r for s in summaries for r in s["rejects"])
+      example = f"; e.g. {first['record_id']}: {first['reason']}"
+    raise cli.EmptyOutputError(
+        f"0 of {len(items)} records converted ({reasons}{example}); no spec.json written, "
+        f"see {os.path.join(args.output, 'rejects.jsonl')}")
   spec["conversion"] = {"seconds": round(elapsed, 2),
                         "records_per_s": round(len(items) / max(elapsed, 1e-9), 1),
                         "workers": args.workers}
+  spec["warnings"] = amplitude_warnings(spec)
+  for w in spec["warnings"]:
+    logging.warning("%s", w)
   spec_lib.write(args.output, spec)
   logging.info("wrote %d records (%s), %d rejects in %.1fs (%.0f rec/s) -> %s",
                spec["num_records"], spec["splits"], spec["rejects"]["count"], elapsed,
                len(items) / max(elapsed, 1e-9), args.output)
+  if spec["flat_leads"]["records"]:
+    logging.info("%d records had flat leads, stored as absent: %s",
+                 spec["flat_leads"]["records"], spec["flat_leads"]["by_lead"])
   return spec
+
+
+def amplitude_warnings(spec: dict[str, Any]) -> list[str]:
+  """A warning when the reference lead's std (mV) is implausible, naming the likely unit.
+
+  The reference is lead II when present (the usual rhythm lead), else the first stored
+  lead; one lead is enough, since a unit mistake affects every lead alike.
+  """
+  stats = spec["lead_stats"]
+  if not stats:
+    return []
+  lead = "II" if "II" in stats else spec["lead_order"][0]
+  std = float(stats[lead]["std"])
+  hint = validate_lib.amplitude_hint(std)
+  if not hint:
+    return []
+  return [f"lead {lead} std is {std:.4g} \"mV\" over {spec['num_records']} records, "
+          f"implausible for an ECG: {hint} (--units for --format=numpy, or the archive's "
+          "gain/units)"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -329,14 +423,27 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--output", required=True, help="directory for shards + spec.json")
   p.add_argument("--labels", default=None, help="labels CSV (ptbxl / wfdb REFERENCE.csv)")
   p.add_argument("--sampling_rate", type=float, default=None,
-                 help="expected rate in Hz: records at another rate are rejected")
+                 help="the rate of the input data in Hz. Needed for numpy input without a "
+                      "sidecar; for WFDB it must match the headers (a mismatch is an error, "
+                      "never a filter); for PTB-XL it picks records100/records500; for "
+                      "synthetic it is the generated rate. Resampling to the model's rate "
+                      "happens in the input pipeline, not here")
   p.add_argument("--num_shards", type=int, default=16)
   p.add_argument("--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)))
   p.add_argument("--min_duration_s", type=float, default=2.0)
-  p.add_argument("--leads", type=lambda s: tuple(s.split(",")), default=None,
-                 help="numpy format: comma-separated lead names")
+  p.add_argument("--leads", type=lambda s: tuple(x for x in s.split(",") if x.strip()),
+                 default=None,
+                 help="lead names of the channels by position (any format), replacing the "
+                      "file's names, e.g. --leads=II,V1 for a Holter record whose channels "
+                      "are both called 'ECG'")
   p.add_argument("--lead_map", default=None,
-                 help="wfdb: rename source leads, e.g. 'ECG=I' for single-lead CinC-2017")
+                 help="wfdb: rename source leads by name, e.g. 'ECG=I' for single-lead "
+                      "CinC-2017")
+  p.add_argument("--units", default=None, help="numpy: unit of the values (mV, uV or V; "
+                 "default mV or the sidecar's)")
+  p.add_argument("--layout", default=None, choices=("NCT", "NTC"),
+                 help="numpy: array layout [records, leads, samples] (NCT) or "
+                      "[records, samples, leads] (NTC), when the lead count does not tell")
   p.add_argument("--num_records", type=int, default=2000, help="synthetic: records")
   p.add_argument("--duration_s", type=float, default=10.0, help="synthetic: seconds each")
   p.add_argument("--seed", type=int, default=0, help="synthetic: generator seed")
@@ -348,13 +455,15 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--split_fractions", default="0.8,0.1,0.1",
                  help="train,val,test fractions of that split ('1,0,0': all train)")
   p.add_argument("--quiet", action="store_true")
+  p.add_argument("--verbose", action="store_true",
+                 help="full tracebacks for usage errors (default: one line)")
   return p
 
 
 def main(argv: list[str] | None = None) -> None:
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   args = build_parser().parse_args(argv)
-  spec = convert(args)
+  cli.setup_logging()
+  spec = cli.run("convert", lambda: convert(args), args.verbose)
   print(json.dumps({"records": spec["num_records"], "splits": spec["splits"],
                     "rejects": spec["rejects"], "records_per_s":
                         spec["conversion"]["records_per_s"]}, indent=1))

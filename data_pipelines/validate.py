@@ -12,16 +12,18 @@ What rejects the whole record, and why:
   * wrong sampling rate (when an expected rate is given) and too short: the pipeline
     resamples and crops later and relies on the declared rate/length.
   * NaN/Inf anywhere: one NaN poisons normalisation statistics and every loss it touches.
-  * flat leads (any, by default): a flat lead is a disconnected electrode or a
-    zero-filled missing lead (2 of the 50 CinC-2021 samples, JS20004/JS20008, have V2, V4
-    and V6 all zero). Stored as if real it teaches the model that the lead *is* zero
-    and corrupts the limb leads derived from it; lead-masking objectives can drop leads
-    on their own, so keeping a half-empty record buys little. ``max_flat_leads`` relaxes
-    this for archives where that trade-off differs.
+  * every lead flat: nothing is left to learn from. A record with *some* flat leads is
+    kept by the readers (``drop_flat_leads``): a flat lead is a disconnected electrode or
+    a zero-filled missing lead (2 of the 50 CinC-2021 samples, JS20004/JS20008, have V2,
+    V4 and V6 all zero); stored as if real it would teach the model that the lead *is*
+    zero, so its row is removed and the pipeline masks it as an absent lead, exactly
+    like a lead the archive never recorded. ``max_flat_leads`` still rejects records
+    that reach ``validate`` with more flat leads than that.
   * saturated leads: amplitudes are clipped, so morphology (QRS height, ST level) is wrong.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import numpy as np
@@ -45,6 +47,11 @@ SATURATION_FRACTION = 0.05
 
 VALID_SPLITS = ("train", "val", "test", "")
 
+# The std (mV) of a real ECG lead over a record is ~0.05-1 mV. Above this the numbers are
+# almost surely µV (or adu) taken as mV; below the next, V taken as mV.
+MICROVOLT_STD_MV = 20.0
+VOLT_STD_MV = 0.002
+
 
 def _leads_text(names: Sequence[str]) -> str:
   return ",".join(names)
@@ -54,6 +61,47 @@ def _per_lead(kind: str, names: Sequence[str]) -> str:
   """'nan_or_inf in lead V3' / 'nan_or_inf in leads V3,V4'."""
   plural = "s" if len(names) > 1 else ""
   return f"{kind} in lead{plural} {_leads_text(names)}"
+
+
+def flat_leads(record: EcgRecord) -> list[str]:
+  """Names of the leads whose peak-to-peak amplitude is below FLAT_PEAK_TO_PEAK_MV."""
+  signal = np.asarray(record.signal)
+  if signal.ndim != 2 or signal.shape[1] == 0 or signal.shape[0] != len(record.leads):
+    return []
+  gain = np.asarray(record.gain, np.float64)
+  if gain.shape != (signal.shape[0],) or not np.all(gain > 0):
+    return []
+  with np.errstate(invalid="ignore"):
+    p2p = (signal.max(axis=1).astype(np.float64) - signal.min(axis=1)) / gain
+  return [l for l, v in zip(record.leads, p2p) if v < FLAT_PEAK_TO_PEAK_MV]
+
+
+def drop_flat_leads(record: EcgRecord) -> EcgRecord:
+  """Removes flat leads (they become absent, masked downstream) unless every lead is flat.
+
+  The dropped names go to ``record.metadata['flat_leads']`` (comma-separated) so the
+  converter can count them; an all-flat record is returned unchanged for ``validate``
+  to reject.
+  """
+  flat = flat_leads(record)
+  if not flat or len(flat) == len(record.leads):
+    return record
+  keep = [i for i, l in enumerate(record.leads) if l not in flat]
+  return dataclasses.replace(
+      record, signal=np.ascontiguousarray(np.asarray(record.signal)[keep]),
+      leads=tuple(record.leads[i] for i in keep), gain=np.asarray(record.gain)[keep],
+      metadata={**record.metadata, "flat_leads": ",".join(flat)})
+
+
+def amplitude_hint(std_mv: float) -> str | None:
+  """'values look like µV; pass units=uV' when a lead's std in 'mV' is implausible."""
+  if not np.isfinite(std_mv) or std_mv <= 0:
+    return None
+  if std_mv > MICROVOLT_STD_MV:
+    return "values look like µV; pass units=uV"
+  if std_mv < VOLT_STD_MV:
+    return "values look like V; pass units=V"
+  return None
 
 
 def validate(record: EcgRecord, *, min_duration_s: float = 2.0,
@@ -131,7 +179,7 @@ def validate(record: EcgRecord, *, min_duration_s: float = 2.0,
   lo = signal.min(axis=1)
   p2p_mv = (hi.astype(np.float64) - lo.astype(np.float64)) / gain.astype(np.float64)
   flat = p2p_mv < FLAT_PEAK_TO_PEAK_MV
-  if flat.sum() > max_flat_leads:
+  if flat.sum() > max_flat_leads or flat.all():
     return f"flat lead(s): {_leads_text([l for l, f in zip(leads, flat) if f])}"
   saturated = []
   for i, l in enumerate(leads):

@@ -1,12 +1,12 @@
 """Checks a training config before anything is compiled; errors name the field."""
 from __future__ import annotations
 
-import difflib
 import os
 
 import jax
 import ml_collections
 
+from ecgjax import cli
 from ecgjax.config import ConfigError, _check, num_patches, patch_size  # noqa: F401 (re-exported)
 from ecgjax.data import mixture
 from ecgjax.data.records import STANDARD_LEADS
@@ -55,12 +55,7 @@ def validate(config, num_devices: int | None = None, reference=None) -> None:
   reference = _reference_config(config) if reference is None else reference
   if reference is not None:
     for key, known in unknown_keys(config, reference):
-      leaf = key.rsplit(".", 1)[-1]
-      close = difflib.get_close_matches(leaf, known, n=1)
-      hint = f"did you mean {key.rsplit('.', 1)[0] + '.' if '.' in key else ''}{close[0]}? " if close else ""
-      parent = key.rsplit(".", 1)[0] if "." in key else "<top level>"
-      raise ConfigError(f"config.{key}: unknown key ({hint}keys allowed under {parent}: "
-                        f"{', '.join(known)})")
+      raise ConfigError(cli.unknown_key_message(key, known))
   _check(config.model_size in signal_transformer.SIZES, "model_size",
          f"{config.model_size!r} not in {tuple(signal_transformer.SIZES)}")
   _check(config.objective in ("hl", "mae", "simclr"), "objective",

@@ -186,6 +186,7 @@ def compile_step(config, graphdef, state, shardings, mesh,
                     in_shardings=(shardings, None, sharding.replicated(mesh)),
                     out_shardings=(shardings, sharding.replicated(mesh)),
                     donate_argnums=(0,))
+  metrics_lib.log("compiling the train step…")
   start = time.time()
   state_abs = ckpt_lib.abstract_with_shardings(state, shardings)
   compiled = step_fn.lower(state_abs, batch_abs,
@@ -264,6 +265,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   last = {}
   sums, n_summed = None, 0
   t_log, step_log = time.time(), step
+  t_final = None  # when the last checkpoint save began (logged with its duration).
   try:
     with _Preemption() as preempt:
       while step < config.total_steps:
@@ -302,6 +304,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         save_now = step % config.checkpoint_every == 0 or step == config.total_steps
         stop = preempt.should_stop(step, config.log_every)
         if save_now or stop:
+          if step == config.total_steps or stop:
+            t_final = time.time()
+            metrics_lib.log("saving the final checkpoint (step %d)…", step)
           loss = float(last.get("loss", np.inf))  # a NaN would confuse the best-N policy.
           ckpt_lib.save(manager, step, state, data_iter,
                         metrics={"loss": loss if np.isfinite(loss) else np.inf}, force=True)
@@ -310,6 +315,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           break
   finally:
     manager.wait_until_finished()
+    if t_final is not None:
+      metrics_lib.log("final checkpoint saved in %.1fs", time.time() - t_final)
     manager.close()
     data_iter.close()
     writer.close()

@@ -60,15 +60,22 @@ def test_rerun_skips_finished_shards(ptbxl_shards):
              f"--output={ptbxl_shards}", "--num_shards=8")
 
 
-def test_cinc2021_rejects_flat_leads_and_keeps_dx_labels(tmp_path):
+def test_cinc2021_flat_leads_become_absent_and_keeps_dx_labels(tmp_path):
   data = requires_shared("cinc2021_samples")
   spec = _convert("--format=wfdb", f"--input={data}", f"--output={tmp_path}",
                   "--num_shards=2", "--workers=1", "--sampling_rate=500")
-  assert spec["num_records"] == 48 and spec["rejects"]["count"] == 2
-  rejects = [json.loads(l) for l in open(tmp_path / "rejects.jsonl")]
-  assert {r["record_id"] for r in rejects} == {"JS20004", "JS20008"}
-  assert all("flat" in r["reason"] and "V2" in r["reason"] for r in rejects)
-  assert len(spec["label_names"]) == 25  # SNOMED-CT codes in the headers, rejects included
+  # JS20004 / JS20008 have V2, V4 and V6 all zero: kept, with those leads absent.
+  assert spec["num_records"] == 50 and spec["rejects"]["count"] == 0
+  assert spec["flat_leads"] == {"records": 2, "by_lead": {"V2": 2, "V4": 2, "V6": 2}}
+  stored = {}
+  for split in spec["splits"]:
+    source = ShardedSource(str(tmp_path), split)
+    for i in range(len(source)):
+      rec = example.decode(source[i])
+      stored[rec["record_id"]] = rec["leads"]
+  assert stored["JS20004"] == ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V3", "V5")
+  assert len(stored["JS20005"]) == 12
+  assert len(spec["label_names"]) == 25  # SNOMED-CT codes in the headers
   assert spec["label_encoding"] == "multi_hot"
 
 

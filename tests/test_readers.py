@@ -131,9 +131,9 @@ def test_ptbxl_missing_signal_counted_and_missing_dat_rejected(tmp_path):
   bad = r.read("00002")
   assert isinstance(bad, Reject) and bad.record_id == "00002"
   assert bad.reason.startswith("unreadable") and "00002_lr" in bad.reason
-  # Only records100 exists: asking for 500 Hz finds no signal at all.
-  r500 = readers.PtbxlReader(str(root), str(PTBXL / "ptbxl_labels.csv"), sampling_rate=500)
-  assert r500.list_items() == [] and r500.summary()["missing_signal"] == 21799
+  # Only records100 exists: asking for 500 Hz finds no signal at all, which is an error.
+  with pytest.raises(ValueError, match=r"^--input=.*: no PTB-XL headers under records500/"):
+    readers.PtbxlReader(str(root), str(PTBXL / "ptbxl_labels.csv"), sampling_rate=500)
   with pytest.raises(ValueError):
     readers.PtbxlReader(str(root), str(PTBXL / "ptbxl_labels.csv"), sampling_rate=250)
 
@@ -146,7 +146,7 @@ def test_ptbxl_missing_signal_counted_and_missing_dat_rejected(tmp_path):
 def test_cinc2021_dx_labels_match_records_csv():
   codes = pd.read_csv(CINC / "dx_codes.csv", dtype=str)
   meta = pd.read_csv(CINC / "records.csv", dtype=str).set_index("record")
-  r = readers.WfdbReader(str(CINC), max_flat_leads=12)
+  r = readers.WfdbReader(str(CINC))
   assert r.label_type == "multi_hot"
   assert len(r.label_names) == 25 and set(r.label_names) == set(codes.snomed_ct_code)
   assert r.label_names == tuple(sorted(r.label_names))
@@ -157,21 +157,27 @@ def test_cinc2021_dx_labels_match_records_csv():
     assert rec.record_id == item
     expected = set(meta.loc[item, "dx_snomed"].split(","))
     assert {r.label_names[i] for i in rec.labels} == expected, item
-    assert rec.signal.shape == (12, 5000) and rec.sampling_rate == 500.0
-    assert rec.leads == STANDARD_LEADS
+    flat = [l for l in rec.metadata.get("flat_leads", "").split(",") if l]  # absent leads
+    assert rec.signal.shape == (12 - len(flat), 5000) and rec.sampling_rate == 500.0
+    assert rec.leads == tuple(l for l in STANDARD_LEADS if l not in flat)
     np.testing.assert_array_equal(rec.gain, 1000.0)  # HR* headers say 'mv'.
     assert rec.metadata["sex"] == meta.loc[item, "sex"]
 
 
 @needs_data
-def test_cinc2021_zero_leads_rejected_by_default():
+def test_cinc2021_zero_leads_become_absent():
+  import wfdb  # pylint: disable=g-import-not-at-top
   r = readers.WfdbReader(str(CINC))
-  rejects = {i: r.read(i) for i in ("JS20004", "JS20008")}
-  for item, rec in rejects.items():
-    assert isinstance(rec, Reject) and rec.record_id == item
-    assert rec.reason == "flat lead(s): V2,V4,V6"
-    assert rec.source.endswith(f"{item}.hea")
-  assert isinstance(r.read("JS20005"), EcgRecord)
+  for item in ("JS20004", "JS20008"):
+    rec = r.read(item)
+    assert isinstance(rec, EcgRecord) and rec.record_id == item
+    assert rec.metadata["flat_leads"] == "V2,V4,V6"
+    assert rec.leads == ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V3", "V5")
+    ref = wfdb.rdrecord(str(CINC / item))
+    keep = [ref.sig_name.index(l) for l in rec.leads]
+    np.testing.assert_allclose(rec.physical(), ref.p_signal.T[keep], atol=1e-5)
+    assert np.ptp(ref.p_signal[:, ref.sig_name.index("V2")]) == 0  # really flat at source
+  assert len(r.read("JS20005").leads) == 12
 
 
 @needs_data
@@ -200,10 +206,11 @@ def test_mitbih_record_100_and_lossless_digital_values():
 
 
 @needs_data
-def test_wfdb_expected_rate_mismatch_is_rejected():
-  r = readers.WfdbReader(str(MITBIH), sampling_rate=500)
-  rec = r.read("100")
-  assert isinstance(rec, Reject) and rec.reason == "wrong sampling rate: 360 != 500"
+def test_wfdb_sampling_rate_mismatch_is_an_error_not_a_filter():
+  with pytest.raises(ValueError, match=r"^--sampling_rate=500: the WFDB headers declare "
+                                       r"360 Hz \(44 records\)"):
+    readers.WfdbReader(str(MITBIH), sampling_rate=500)
+  assert readers.WfdbReader(str(MITBIH), sampling_rate=360).read("100").sampling_rate == 360
 
 
 @needs_data

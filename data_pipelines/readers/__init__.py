@@ -16,7 +16,10 @@ are dropped on pickling), so they can be shipped to ``spawn`` worker processes.
 
 Signals stay in the archive's digital units when it has them (lossless: int16 when the
 baseline-subtracted values fit, else int32, with ``gain`` in adu/mV); float archives
-become float32 mV with gain 1. No resampling, filtering or lead reordering happens here.
+become float32 mV with gain 1. No resampling, filtering or lead reordering happens here;
+a flat lead is dropped (absent, so masked downstream) and named in
+``metadata['flat_leads']``. ``leads=`` renames the channels by position (any format), and
+``sampling_rate`` is always the rate of the input data, never a filter.
 """
 # pylint: disable=unused-import
 from data_pipelines.readers.common import (_CSV_HEADER_IDS, _MAX_REASON, _SPLIT_ALIASES,

@@ -68,6 +68,42 @@ def _parse_leads(leads: Sequence[str] | str | None) -> tuple[str, ...] | None:
   return tuple(canonical_lead(str(l)) for l in leads)
 
 
+def check_lead_names(leads: Sequence[str], allowed: Sequence[str] | None = STANDARD_LEADS,
+                     flag: str = "leads") -> tuple[str, ...]:
+  """Canonical names, or a ValueError naming the bad one, before any record is read."""
+  names = tuple(canonical_lead(str(l)) for l in leads)
+  if not names:
+    raise ValueError(f"{flag}: no lead names given")
+  if allowed is not None:
+    bad = [l for l, c in zip(leads, names) if c not in allowed]
+    if bad:
+      from ecgjax import cli  # pylint: disable=g-import-not-at-top
+      raise ValueError(f"{flag}: unknown lead name {str(bad[0]).strip()!r} "
+                       f"({cli.did_you_mean(str(bad[0]).strip(), allowed)}allowed: "
+                       f"{','.join(allowed)}; aliases such as AVR or MLII are accepted)")
+  dups = sorted({c for c in names if names.count(c) > 1})
+  if dups:
+    raise ValueError(f"{flag}: duplicate lead {dups[0]!r} in {','.join(names)}")
+  return names
+
+
+def check_labels_match(labels_path: str, label_ids: Sequence[str],
+                       record_ids: Sequence[str], aliases: Sequence[str] = ()) -> None:
+  """Raises when a labels file matches no record, naming an example id from each side.
+
+  A labels file that matches nothing would otherwise turn every record into an
+  'unlabelled' reject and the conversion would 'succeed' with 0 records.
+  """
+  label_ids, record_ids = list(label_ids), list(record_ids)
+  if not label_ids:
+    raise ValueError(f"--labels={labels_path}: no label rows found")
+  if record_ids and not set(label_ids) & (set(record_ids) | set(aliases)):
+    raise ValueError(
+        f"--labels={labels_path}: none of its {len(label_ids)} ids matches one of the "
+        f"{len(record_ids)} records (e.g. labels id {label_ids[0]!r} vs record id "
+        f"{record_ids[0]!r}); the first column must hold the record ids")
+
+
 def _normalise_split(value: Any) -> str:
   if value is None or (isinstance(value, float) and math.isnan(value)):
     return ""
@@ -196,8 +232,18 @@ class _ValidatingReader:
   def __init__(self, sampling_rate: float | None = None, *, min_duration_s: float = 2.0,
                required_leads: Sequence[str] | None = None,
                allowed_leads: Sequence[str] | None = STANDARD_LEADS,
-               max_flat_leads: int = 0):
+               max_flat_leads: int = 0, leads: Sequence[str] | str | None = None):
+    """``leads``: names for the channels by position, replacing the file's names.
+
+    ``sampling_rate`` is the rate of the input data (Hz), never a filter: a reader whose
+    files declare their rate raises at construction when they disagree with it.
+    """
+    if sampling_rate is not None and not float(sampling_rate) > 0:
+      raise ValueError(f"--sampling_rate={sampling_rate:g}: must be > 0 Hz (the rate of "
+                       "the input data)")
     self.sampling_rate = None if sampling_rate is None else float(sampling_rate)
+    self.lead_override = None if leads is None else check_lead_names(
+        _parse_leads(leads) or (), allowed_leads, "--leads")
     self.validate_kw = dict(min_duration_s=float(min_duration_s),
                             required_leads=None if required_leads is None else tuple(
                                 required_leads),
@@ -216,6 +262,13 @@ class _ValidatingReader:
       return Reject(self._record_id(item), self._source(item), _exception_reason(e))
     if isinstance(out, Reject):
       return out
+    if self.lead_override is not None:
+      if len(self.lead_override) != len(out.leads):
+        return Reject(out.record_id, out.metadata.get("source", self._source(item)),
+                      f"shape mismatch: --leads names {len(self.lead_override)} channels, "
+                      f"the record has {len(out.leads)} ({','.join(out.leads)})")
+      out.leads = self.lead_override
+    out = validate_lib.drop_flat_leads(out)
     try:
       reason = validate_lib.validate(out, expected_rate=self.sampling_rate, **self.validate_kw)
     except Exception as e:  # pylint: disable=broad-except

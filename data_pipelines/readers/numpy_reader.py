@@ -9,7 +9,9 @@ import numpy as np
 
 from data_pipelines.readers.common import (_SPLIT_ALIASES, _UNITS_TO_MV, _ValidatingReader,
                                            _digital_dtype, _normalise_split, _parse_leads,
+                                           check_labels_match, check_lead_names,
                                            encode_labels, read_label_csv)
+from ecgjax import cli
 from ecgjax.data.records import EcgRecord, Reject
 
 
@@ -19,6 +21,10 @@ def _h5_datasets(f) -> dict[str, Any]:
   f.visititems(lambda name, obj: found.__setitem__(name, obj)
                if isinstance(obj, h5py.Dataset) else None)
   return found
+
+
+SIDECAR_KEYS = ("sampling_rate", "leads", "labels", "label_names", "record_ids", "splits",
+                "units", "gain", "signal_key", "layout")
 
 
 class NumpyReader(_ValidatingReader):
@@ -53,14 +59,17 @@ class NumpyReader(_ValidatingReader):
 
     rate = pick(sampling_rate, "sampling_rate")
     if rate is None:
-      raise ValueError("numpy input needs a sampling rate (argument or sidecar JSON)")
+      raise ValueError("--sampling_rate: numpy input needs the rate of its data (the flag, "
+                       "or 'sampling_rate' in a sidecar JSON)")
     super().__init__(rate, **validate_kw)
     self.leads = _parse_leads(pick(leads, "leads"))
     if not self.leads:
-      raise ValueError("numpy input needs lead names (argument or sidecar JSON)")
+      raise ValueError("--leads: numpy input needs the lead names of its rows (the flag, or "
+                       "'leads' in a sidecar JSON)")
+    self.leads = check_lead_names(self.leads, self.validate_kw["allowed_leads"], "--leads")
     self.units = str(pick(units, "units") or "mV")
     if self.units.lower() not in _UNITS_TO_MV:
-      raise ValueError(f"units must be mV, uV or V, got {self.units!r}")
+      raise ValueError(f"--units={self.units}: expected mV, uV or V")
     self.gain = pick(gain, "gain")
     self.signal_key = pick(signal_key, "signal_key")
     self.layout = pick(layout, "layout")
@@ -81,6 +90,8 @@ class NumpyReader(_ValidatingReader):
                   for f in files if f.endswith(".npy")]
       self._items = sorted(stems)
       n = len(self._items)
+      if not n:
+        raise ValueError(f"--input={input_path}: no .npy files under it")
       ids = [s.rsplit("/", 1)[-1] for s in self._items]
       if len(set(ids)) != n:
         ids = list(self._items)
@@ -93,8 +104,9 @@ class NumpyReader(_ValidatingReader):
         self.layout = "NCT" if shape[1] == len(self.leads) else (
             "NTC" if shape[2] == len(self.leads) else None)
       if self.layout not in ("NCT", "NTC"):
-        raise ValueError(f"{input_path}: shape {shape} does not match {len(self.leads)} "
-                         "leads; give layout='NCT' or 'NTC'")
+        raise ValueError(f"--layout: {input_path} has shape {shape}, which does not match "
+                         f"{len(self.leads)} leads either way; give --layout=NCT or NTC "
+                         "(or 'layout' in the sidecar)")
       width = max(4, len(str(max(n - 1, 0))))
       self._items = [f"{i:0{width}d}" for i in range(n)]
       rid = self._per_record(pick(record_ids, "record_ids"), n, None)
@@ -107,6 +119,7 @@ class NumpyReader(_ValidatingReader):
     raw_labels = pick(labels, "labels")
     if isinstance(raw_labels, str) and os.path.isfile(raw_labels):
       table = read_label_csv(raw_labels, set(ids))
+      check_labels_match(raw_labels, list(table), ids)
       rows = [table.get(i) for i in ids]
       one_each = all(len(r) == 1 for r in rows if r is not None)
       raw_labels = [None if r is None else (r[0] if one_each else r) for r in rows]
@@ -152,7 +165,15 @@ class NumpyReader(_ValidatingReader):
     for c in candidates:
       if os.path.isfile(c):
         with open(c) as f:
-          return json.load(f)
+          side = json.load(f)
+        if not isinstance(side, dict):
+          raise ValueError(f"{c}: a sidecar must be a JSON object with keys {SIDECAR_KEYS}")
+        for key in side:
+          if key not in SIDECAR_KEYS:
+            raise ValueError(f"{c}: unknown sidecar key {key!r} "
+                             f"({cli.did_you_mean(key, SIDECAR_KEYS)}allowed: "
+                             f"{', '.join(SIDECAR_KEYS)})")
+        return side
     return {}
 
   def _container(self):

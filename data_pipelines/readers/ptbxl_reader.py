@@ -103,6 +103,14 @@ class PtbxlReader(_ValidatingReader):
       label_counts += flags[k] > 0
       no_label += not labels
     self._items = sorted(self._rows)
+    if not self._items:
+      if not existing:
+        raise ValueError(f"--input={input_dir}: no PTB-XL headers under records{rate}/ "
+                         f"(--sampling_rate picks records100 or records500)")
+      raise ValueError(
+          f"--labels={labels_csv}: none of its {len(df)} rows names a record under "
+          f"{input_dir} (e.g. labels file {sorted(listed_files)[0]!r} vs found "
+          f"{sorted(existing)[0]!r})")
     self._summary = {
         "label_source": os.path.abspath(labels_csv),
         "label_format": "ptbxl_database (scp_codes)" if official else "superclass table",

@@ -10,7 +10,7 @@ import numpy as np
 
 from data_pipelines.readers.common import (_UNITS_TO_MV, _ValidatingReader, _digital_dtype,
                                            _lead_names, _parse_lead_map, _short,
-                                           encode_labels, read_label_csv)
+                                           check_labels_match, encode_labels, read_label_csv)
 from ecgjax.data.records import EcgRecord, Reject
 
 _DX_RE = re.compile(r"^#\s*Dx\s*:\s*(.*)$", re.IGNORECASE)
@@ -124,6 +124,8 @@ class WfdbReader(_ValidatingReader):
     if not os.path.isdir(self.input_dir):
       raise FileNotFoundError(f"WFDB input directory {input_dir!r} does not exist")
     self.lead_map = _parse_lead_map(lead_map)
+    if self.lead_map and self.lead_override is not None:
+      raise ValueError("--leads and --lead_map both rename channels; give one of them")
     self.labels_csv = labels_csv
     items = []
     for root, dirs, files in os.walk(self.input_dir):
@@ -148,6 +150,16 @@ class WfdbReader(_ValidatingReader):
       if fs is not None:
         rates[f"{fs:g}"] = rates.get(f"{fs:g}", 0) + 1
       dx[item] = codes
+    if not self._items:
+      raise ValueError(f"--input={input_dir}: no WFDB records (.hea files) under it")
+    if self.sampling_rate is not None:
+      other = {r: c for r, c in rates.items() if abs(float(r) - self.sampling_rate) > 1e-6}
+      if other:
+        found = ", ".join(f"{r} Hz ({c} records)" for r, c in sorted(other.items()))
+        raise ValueError(
+            f"--sampling_rate={self.sampling_rate:g}: the WFDB headers declare {found}; "
+            "--sampling_rate is the rate of the input data, which WFDB headers already "
+            "give: omit it (records are resampled to the model's rate later)")
     self._summary: dict[str, Any] = {
         "headers": len(self._items), "unparsable_headers": unparsable,
         "sampling_rates": dict(sorted(rates.items())),
@@ -156,6 +168,8 @@ class WfdbReader(_ValidatingReader):
     if labels_csv:
       table = read_label_csv(labels_csv, set(self._ids.values()) | set(self._items),
                              label_column)
+      check_labels_match(labels_csv, list(table), [self._ids[i] for i in self._items],
+                         self._items)
       raw = [table.get(self._ids[i], table.get(i)) for i in self._items]
       # Vocabulary and label type come from the whole table, not only the rows whose
       # signal is present, so a spec written from a partial download matches the full one.

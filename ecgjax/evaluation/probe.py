@@ -24,6 +24,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from ecgjax.config import ConfigError
 from ecgjax.data import mixture
 from ecgjax.data import spec as spec_lib
 from ecgjax.evaluation import embeddings as probe_data
@@ -36,8 +37,13 @@ RESULTS_VERSION = 1
 SPLIT_KEYS = ("train", "val", "test")
 
 
-class ProbeConfigError(ValueError):
+class ProbeConfigError(ConfigError):
   pass
+
+
+# A val/test split smaller than this gives metrics that are n/a (a class with no
+# positives) or noise; the probe still runs but says so.
+MIN_EVAL_RECORDS = 20
 
 
 def validate(config, workdir: str | None) -> None:
@@ -45,7 +51,9 @@ def validate(config, workdir: str | None) -> None:
   def check(cond, field, msg):
     if not cond:
       raise ProbeConfigError(f"config.{field}: {msg}")
-  check(bool(workdir), "workdir", "give --workdir=DIR for results.json and the embedding cache")
+  if not workdir:  # a flag, not a config field.
+    raise ProbeConfigError("--workdir: give --workdir=DIR for results.json and the embedding "
+                           "cache")
   check(bool(config.pretrained), "pretrained",
         "give a training workdir, an export directory or 'random'")
   if config.pretrained != "random":
@@ -131,6 +139,9 @@ def load_splits(enc: encoder_lib.Encoder, config, cache_dir: str
     origin["train"] += f" minus the held-out {' and '.join(missing)} records"
   labels = list(spec["label_names"])
   note = partial_note(spec)
+  warnings = small_split_warnings(data, origin)
+  for w in warnings:
+    logging.warning("%s", w)
   report = {
       "origin": origin,
       "counts": {k: int(data[k][0].shape[0]) for k in SPLIT_KEYS},
@@ -145,9 +156,23 @@ def load_splits(enc: encoder_lib.Encoder, config, cache_dir: str
       "grouping": "patient_id from the shards, else record_id",
       "partial": note is not None,
       "partial_note": note,
+      "warnings": warnings,
       "embeddings": files,
   }
   return data, report
+
+
+def small_split_warnings(data: dict[str, tuple[np.ndarray, np.ndarray]],
+                         origin: dict[str, str]) -> list[str]:
+  """One line per val/test split too small for meaningful metrics."""
+  out = []
+  for k in ("val", "test"):
+    n = int(data[k][0].shape[0])
+    if n < MIN_EVAL_RECORDS:
+      out.append(f"{k} has only {n} record(s) ({origin[k]}): its metrics will be n/a or "
+                 f"noise; convert with a {k} split or raise config.holdout (fewer than "
+                 f"{MIN_EVAL_RECORDS} records)")
+  return out
 
 
 # ------------------------------------------------------------------------------- probe
@@ -315,9 +340,11 @@ def demo_summary(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
   from ecgjax.inference import export  # pylint: disable=g-import-not-at-top
   start = time.time()
   export_dir = os.path.join(workdir, "export")
+  logging.info("exporting the encoder to %s…", export_dir)
   model, cfg, step = export.restore_model(workdir)
   if jax.process_index() == 0:
     export.write(export_dir, model, export.export_config(cfg, step, workdir, "trained"))
+  logging.info("exported in %.1fs; probing pretrained vs random init…", time.time() - start)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices("demo_export_written")

@@ -28,7 +28,9 @@ from typing import Any, Iterator
 import numpy as np
 import tqdm
 
-from ecgjax.inference import pretrained as pretrained_lib
+# pretrained.MODES, repeated so that flag errors come before JAX and Flax are imported
+# (seconds on a small machine); tests/test_fail_loudly.py checks the two agree.
+MODES = ("rpeak", "first", "mean")
 
 
 def input_kind(path: str) -> str:
@@ -78,8 +80,10 @@ def _reader_records(kind: str, path: str, args) -> tuple[Iterator[dict[str, Any]
   from data_pipelines import readers  # pylint: disable=g-import-not-at-top
   from ecgjax.data.records import EcgRecord  # pylint: disable=g-import-not-at-top
   kw: dict[str, Any] = {"min_duration_s": 0.0}
-  if kind == "numpy" and args.leads:
+  if args.leads:
     kw["leads"] = args.leads
+  if kind == "numpy":
+    kw.update({k: getattr(args, k) for k in ("units", "layout") if getattr(args, k, None)})
   reader = readers.make_reader(kind, path, args.labels, args.sampling_rate, **kw)
   label_names = list(reader.label_names)
   items = reader.list_items()
@@ -99,13 +103,57 @@ def _reader_records(kind: str, path: str, args) -> tuple[Iterator[dict[str, Any]
   return gen(), len(items), label_names
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-  model = pretrained_lib.load_pretrained(args.model, batch_size=args.batch_size)
+def check_args(args: argparse.Namespace) -> str:
+  """Flag checks that need no model and no signal; returns the input kind."""
+  from data_pipelines.readers import common  # pylint: disable=g-import-not-at-top
+  from ecgjax import cli  # pylint: disable=g-import-not-at-top
+  if args.sampling_rate is not None and not args.sampling_rate > 0:
+    raise cli.UsageError(f"--sampling_rate={args.sampling_rate:g}: must be > 0 Hz (the rate "
+                         "of the input data)")
+  if args.leads is not None:
+    common.check_lead_names(args.leads, flag="--leads")
+  if args.batch_size < 1:
+    raise cli.UsageError(f"--batch_size={args.batch_size}: must be >= 1")
+  if not os.path.exists(args.input):
+    raise FileNotFoundError(f"--input={args.input}: does not exist")
+  if not os.path.exists(args.model):
+    raise FileNotFoundError(f"--model={args.model}: does not exist")
   kind = input_kind(args.input)
+  if kind == "shards":
+    for flag in ("leads", "units", "layout", "labels"):
+      if getattr(args, flag, None):
+        raise cli.UsageError(f"--{flag}: converted shards already store it; the flag is for "
+                             "raw (WFDB / numpy) input")
+  elif args.splits:
+    raise cli.UsageError("--splits: only shard input (a directory with spec.json) has splits")
+  if kind != "numpy":
+    for flag in ("units", "layout"):
+      if getattr(args, flag, None):
+        raise cli.UsageError(f"--{flag}: only for numpy input (.npy/.npz/.h5)")
+  if kind == "shards" and args.sampling_rate is not None:
+    from ecgjax.data import spec as spec_lib  # pylint: disable=g-import-not-at-top
+    rates = sorted(float(r) for r in spec_lib.load(args.input).get("sampling_rates", {}))
+    if any(abs(r - args.sampling_rate) > 1e-6 for r in rates):
+      raise cli.UsageError(f"--sampling_rate={args.sampling_rate:g}: the shards hold "
+                           f"{', '.join(f'{r:g}' for r in rates)} Hz; omit the flag")
+  return kind
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+  """Embeds every record of ``args.input``; raises EmptyOutputError when none could be."""
+  from ecgjax import cli  # pylint: disable=g-import-not-at-top
+  kind = check_args(args)
   if kind == "shards":
     records, total, label_names = _shard_records(args.input, args.splits)
   else:
     records, total, label_names = _reader_records(kind, args.input, args)
+  from ecgjax.inference import pretrained as pretrained_lib  # pylint: disable=g-import-not-at-top
+  model = pretrained_lib.load_pretrained(args.model, batch_size=args.batch_size)
+  if args.leads:
+    try:
+      pretrained_lib.check_leads(args.leads, model.leads)
+    except ValueError as e:
+      raise cli.UsageError(f"--leads: {e}") from e
   kept: list[dict[str, Any]] = []
   rejected: list[tuple[str, str]] = []
 
@@ -114,6 +162,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
       if "error" in rec:
         rejected.append((rec["record_id"], rec["error"]))
         continue
+      if not kept:
+        _warn_amplitude(rec)
       kept.append(rec)
       yield rec
 
@@ -135,6 +185,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     labels.append(rec["label"])
   bar.update(total - bar.n)
   bar.close()
+  if not ids:
+    example = f"; e.g. {rejected[0][0]}: {rejected[0][1]}" if rejected else ""
+    raise cli.EmptyOutputError(f"0 of {total} records embedded{example}; nothing written "
+                               f"to {args.output}")
   out = {
       "embeddings": (np.stack(embeddings).astype(np.float32) if embeddings
                      else np.zeros((0, model.embedding_dim), np.float32)),
@@ -157,29 +211,52 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   return out
 
 
+def _warn_amplitude(rec: dict[str, Any]) -> None:
+  """Warns (called on the first record) when the amplitudes are not plausibly mV."""
+  from data_pipelines import validate as validate_lib  # pylint: disable=g-import-not-at-top
+  leads = list(rec["leads"])
+  row = leads.index("II") if "II" in leads else 0
+  std = float(np.std(np.asarray(rec["signal"])[row]))
+  hint = validate_lib.amplitude_hint(std)
+  if hint:
+    logging.warning("record %s lead %s std is %.4g \"mV\", implausible for an ECG: %s "
+                    "(--units)", rec["record_id"], leads[row], std, hint)
+
+
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--model", required=True, help="export directory (or training workdir)")
   p.add_argument("--input", required=True, help="shards dir, WFDB dir, or .npy/.npz/.h5")
   p.add_argument("--output", required=True, help="output .npz")
-  p.add_argument("--mode", default="rpeak", choices=pretrained_lib.MODES,
+  p.add_argument("--mode", default="rpeak", choices=MODES,
                  help="window policy (see ecgjax.inference.pretrained)")
   p.add_argument("--batch_size", type=int, default=64)
   p.add_argument("--splits", type=lambda s: [x for x in s.split(",") if x], default=None,
                  help="shards: comma-separated splits (default: all)")
   p.add_argument("--sampling_rate", type=float, default=None,
-                 help="numpy input without a sidecar JSON: Hz")
-  p.add_argument("--leads", type=lambda s: tuple(s.split(",")), default=None,
-                 help="numpy input without a sidecar JSON: lead names of the rows")
+                 help="the rate of the input data in Hz (numpy input without a sidecar); "
+                      "for WFDB / shards it must match what the files declare")
+  p.add_argument("--leads", type=lambda s: tuple(x for x in s.split(",") if x.strip()),
+                 default=None,
+                 help="lead names of the channels by position (numpy / WFDB), replacing the "
+                      "file's names, e.g. --leads=II,V1")
+  p.add_argument("--layout", default=None, choices=("NCT", "NTC"),
+                 help="numpy: [records, leads, samples] (NCT) or [records, samples, leads] "
+                      "(NTC), when the lead count does not tell")
+  p.add_argument("--units", default=None, help="numpy: unit of the values (mV, uV or V)")
   p.add_argument("--labels", default=None, help="optional labels CSV (WFDB / numpy)")
   p.add_argument("--quiet", action="store_true")
+  p.add_argument("--verbose", action="store_true",
+                 help="full tracebacks for usage errors (default: one line)")
   return p
 
 
 def main(argv: list[str] | None = None) -> None:
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-  run(build_parser().parse_args(argv))
+  from ecgjax import cli  # pylint: disable=g-import-not-at-top
+  args = build_parser().parse_args(argv)
+  cli.setup_logging()
+  cli.run("embed", lambda: run(args), args.verbose)
 
 
 if __name__ == "__main__":

@@ -238,12 +238,13 @@ def test_conversion_of_a_bad_wfdb_directory_lists_every_reject(tmp_path):
       "--quiet"]))
   rejects = {r["record_id"]: r["reason"] for r in map(json.loads, open(out / "rejects.jsonl"))}
   expected = {"garbled": "unreadable", "gibberish_fields": "unreadable", "nodat": "unreadable",
-              "flat": "flat lead", "saturated": "saturated lead", "nan_signal": "nan_or_inf",
-              "truncated_dat": ""}
+              "saturated": "saturated lead", "nan_signal": "nan_or_inf", "truncated_dat": ""}
   assert set(rejects) == set(expected), rejects
   for rid, reason in expected.items():
     assert rejects[rid].startswith(reason), (rid, rejects[rid])
-  assert spec["num_records"] == 3 and spec["rejects"]["count"] == len(expected)
+  # The record with a flat V1 is kept, V1 absent (masked downstream), and counted.
+  assert spec["num_records"] == 4 and spec["rejects"]["count"] == len(expected)
+  assert spec["flat_leads"] == {"records": 1, "by_lead": {"V1": 1}}
   assert sum(spec["rejects"]["by_reason"].values()) == len(expected)
   on_disk = json.loads((out / "spec.json").read_text())
   assert on_disk["rejects"] == spec["rejects"]
