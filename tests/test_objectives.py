@@ -353,6 +353,23 @@ def test_reconstruct_shapes(model):
   assert np.isfinite(np.asarray(pred)).all()
 
 
+@pytest.mark.parametrize("kind", ["simclr", "mae"])
+def test_shipped_config_matches_objective_config(kind):
+  # The shipped configs/<kind>.py and objective_config(kind) must train the same objective
+  # (SimCLR's 50% masking used to exist only in code; the config inherited HL's 75%).
+  import importlib  # pylint: disable=g-import-not-at-top
+  shipped = importlib.import_module(f"configs.{kind}").get_config("demo").loss.to_dict()
+  code = hybrid.objective_config(kind).to_dict()
+  assert set(shipped) == set(code)
+  for key in ("mask_ratio", "span_scales", "whole_lead_prob", "mae_weight", "temperature",
+              "norm_target"):
+    assert tuple(np.atleast_1d(shipped[key])) == tuple(np.atleast_1d(code[key])), key
+  assert (shipped["contrastive_weight"] > 0) == (code["contrastive_weight"] > 0)
+  if kind == "simclr":
+    assert shipped["mask_ratio"] == code["mask_ratio"] == 0.5
+    assert shipped["contrastive_weight"] == code["contrastive_weight"]
+
+
 def test_objective_config_variants():
   assert hybrid.objective_config("mae").contrastive_weight == 0.0
   assert hybrid.objective_config("simclr").mae_weight == 0.0
