@@ -65,6 +65,34 @@ def window_config(config) -> pipeline.WindowConfig:
                                            mixture.train_spec(config.data) if have else None)
 
 
+def loss_and_grads(model, views: dict[str, jax.Array], key: jax.Array, config):
+  """((loss, metrics), grads) of the objective; with grad_accum A > 1, the mean over A
+  consecutive micro-batches (keys ``split(key, A)``), run one after another by a scan."""
+  accum = int(config.optim.grad_accum)
+
+  def loss_on(m, v, k):
+    return hybrid.loss_fn(m, v, k, config.loss)
+
+  grad_fn = nnx.value_and_grad(loss_on, has_aux=True)
+  if accum == 1:
+    return grad_fn(model, views, key)
+  micro = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), views)
+  keys = jax.random.split(key, accum)
+
+  def body(carry, xs):
+    g_sum, l_sum, a_sum = carry
+    (l, a), g = grad_fn(model, xs[0], xs[1])
+    return (jax.tree.map(jnp.add, g_sum, g), l_sum + l,
+            jax.tree.map(jnp.add, a_sum, a)), None
+
+  zeros_g = jax.tree.map(jnp.zeros_like, nnx.state(model, nnx.Param))
+  (_, aux0), _ = jax.eval_shape(grad_fn, model, jax.tree.map(lambda x: x[0], micro), keys[0])
+  zeros_a = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux0)
+  (grads, loss, aux), _ = jax.lax.scan(body, (zeros_g, 0.0, zeros_a), (micro, keys))
+  grads = jax.tree.map(lambda g: g / accum, grads)
+  return (loss / accum, jax.tree.map(lambda a: a / accum, aux)), grads
+
+
 def train_step(graphdef, state, batch: dict[str, jax.Array], step: jax.Array, *, config,
                window: pipeline.WindowConfig):
   """One update. Pure: (state, segment batch, step) -> (state, metrics)."""
@@ -76,30 +104,7 @@ def train_step(graphdef, state, batch: dict[str, jax.Array], step: jax.Array, *,
   x1, m1 = augment.augment_view(k_aug1, v["view1"], batch["lead_mask"], aug_cfg)
   x2, m2 = augment.augment_view(k_aug2, v["view2"], batch["lead_mask"], aug_cfg)
   views = {"view1": x1, "view2": x2, "mask1": m1, "mask2": m2}
-  accum = int(config.optim.grad_accum)
-
-  def loss_on(m, v, k):
-    return hybrid.loss_fn(m, v, k, config.loss)
-
-  grad_fn = nnx.value_and_grad(loss_on, has_aux=True)
-  if accum == 1:
-    (loss, aux), grads = grad_fn(model, views, k_loss)
-  else:
-    micro = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), views)
-    keys = jax.random.split(k_loss, accum)
-
-    def body(carry, xs):
-      g_sum, l_sum, a_sum = carry
-      (l, a), g = grad_fn(model, xs[0], xs[1])
-      return (jax.tree.map(jnp.add, g_sum, g), l_sum + l,
-              jax.tree.map(jnp.add, a_sum, a)), None
-
-    zeros_g = jax.tree.map(jnp.zeros_like, nnx.state(model, nnx.Param))
-    (_, aux0), _ = jax.eval_shape(grad_fn, model, jax.tree.map(lambda x: x[0], micro), keys[0])
-    zeros_a = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux0)
-    (grads, loss, aux), _ = jax.lax.scan(body, (zeros_g, 0.0, zeros_a), (micro, keys))
-    grads = jax.tree.map(lambda g: g / accum, grads)
-    loss, aux = loss / accum, jax.tree.map(lambda a: a / accum, aux)
+  (loss, aux), grads = loss_and_grads(model, views, k_loss, config)
   grad_norm = optax.global_norm(grads)
   optimizer.update(model, grads)
   metrics = dict(aux)

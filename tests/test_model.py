@@ -105,6 +105,35 @@ def test_absent_lead_is_masked_out(model):
   np.testing.assert_allclose(pred_zero[:, keep], pred_garb[:, keep], atol=1e-5)
 
 
+def test_padding_slots_do_not_change_encoder_or_decoder(model):
+  # Slots beyond a sample's visible count (visible_valid False) are padding: whatever token
+  # index they hold, and whatever signal sits there, real tokens and the pooled output
+  # are bit-identical, and the decoder leaves a mask token in their place.
+  x, lead_mask = _signal(), jnp.ones((B, L), bool)
+  k, real = 8, 5
+  idx = jnp.tile(jnp.arange(0, 2 * k, 2, dtype=jnp.int32)[None], (B, 1))  # 0, 2, ..., 14
+  valid = jnp.tile(jnp.arange(k)[None] < real, (B, 1))
+  enc = nnx.jit(lambda m, x, i, v: m.encode(x, lead_mask, i, v))
+  dec = nnx.jit(lambda m, t, i, v: m.decode(t, i, lead_mask, N, v))
+  t_ref, p_ref = enc(model, x, idx, valid)
+  pred_ref = dec(model, t_ref, idx, valid)
+  rng = np.random.default_rng(0)
+  other = idx.at[:, real:].set(rng.integers(0, L * N, (B, k - real)))  # Any tokens at all,
+  other = other.at[0, real:].set(other[0, real:][::-1])                 # in any order,
+  # Real slots are tokens 0..8 (leads 0-1); padding holds 10, 12, 14 (lead 2).
+  noisy = x.at[:, 2:].add(50.0 * jax.random.normal(jax.random.key(1), (B, L - 2, N * P)))
+  for i, xx in ((other, x), (idx, noisy), (other, noisy)):             # or any content.
+    t, p = enc(model, xx, i, valid)
+    np.testing.assert_array_equal(p, p_ref)
+    np.testing.assert_array_equal(t[:, :real], t_ref[:, :real])
+    # The decoder only reads real slots: garbage in padded tokens changes nothing.
+    pred = dec(model, t.at[:, real:].set(1e3), i, valid)
+    np.testing.assert_allclose(pred, pred_ref, rtol=1e-6, atol=1e-6)
+  # Control: the same slots marked valid do change the pooled output.
+  _, p_all = enc(model, x, other, jnp.ones_like(valid))
+  assert not np.allclose(p_all, p_ref)
+
+
 def test_token_padding_for_cudnn_leaves_outputs_unchanged():
   # The cuDNN path pads the token axis to a multiple of 64 (its masked training kernel needs
   # an even length); the same padding run through XLA must not move any real token.

@@ -57,10 +57,16 @@ class WindowConfig:
                normalize=data_cfg.normalize, lead_stats=stats, source_rates=tuple(rates),
                segment_dtype=segment_dtype(spec))
 
+  @property
+  def context(self) -> int:
+    """Raw samples cut before each window, for the resampling kernel (same for all rates)."""
+    rates = self.source_rates or (self.sampling_rate,)
+    return preprocess.resample_context(max(rates) / self.sampling_rate * max(self.stretch[1], 1.0))
+
   def segment_length(self, source_rate: float) -> int:
-    """Raw samples cut per view from a record at ``source_rate``."""
+    """Raw samples cut per view from a record at ``source_rate`` (``context`` included)."""
     return preprocess.segment_length(self.window_samples, source_rate / self.sampling_rate,
-                                     max(self.stretch[1], 1.0))
+                                     max(self.stretch[1], 1.0), self.context)
 
   def buffer_length(self) -> int:
     """Fixed per-view segment length (raw samples) for every rate in the dataset."""
@@ -70,7 +76,7 @@ class WindowConfig:
     """{key: (shape, dtype)} of a segment batch (what the jitted step is compiled for)."""
     num_leads, s = len(self.leads), self.buffer_length()
     out = {"lead_mask": ((batch, num_leads), np.bool_),
-           "scale": ((batch, num_leads), np.float32), "k": ((batch,), np.int32)}
+           "scale": ((batch, num_leads), np.float32)}
     for v in range(1, views + 1):
       out.update({f"seg{v}": ((batch, num_leads, s), np.dtype(self.segment_dtype)),
                   f"ratio{v}": ((batch,), np.float32), f"valid{v}": ((batch,), np.int32)})
@@ -82,7 +88,6 @@ def random_batch(window: WindowConfig, batch: int, seed: int = 0, gain: float = 
   """A segment batch of Gaussian noise (about 1 mV), all leads on: for step benchmarks/tests."""
   rng = np.random.default_rng(seed)
   rate = max(window.source_rates or (window.sampling_rate,))
-  k = preprocess.decimation(rate, window.sampling_rate)
   out = {}
   for key, (shape, dtype) in window.batch_struct(batch).items():
     if key.startswith("seg"):
@@ -91,10 +96,8 @@ def random_batch(window: WindowConfig, batch: int, seed: int = 0, gain: float = 
       out[key] = np.full(shape, rate / window.sampling_rate, dtype)
     elif key.startswith("valid"):
       out[key] = np.full(shape, window.buffer_length(), dtype)
-    elif key == "k":
-      out[key] = np.full(shape, k, dtype)
     elif key == "scale":
-      out[key] = np.full(shape, 1.0 / (k * gain), dtype)
+      out[key] = np.full(shape, 1.0 / gain, dtype)
     else:
       out[key] = np.ones(shape, dtype)
   return out
@@ -147,11 +150,10 @@ class SegmentCutter:
                        f"spec.json signal_dtypes says int16 only; the spec and shards disagree")
     rows, present = preprocess.lead_rows(rec["leads"], w.leads)
     rate = rec["sampling_rate"]
-    k = preprocess.decimation(rate, w.sampling_rate)
     scale = out["scale"][j]
     scale[:] = 0.0
-    scale[present] = 1.0 / (k * rec["gain"][rows[present]])
-    out["lead_mask"][j], out["k"][j] = present, k
+    scale[present] = 1.0 / rec["gain"][rows[present]]
+    out["lead_mask"][j] = present
     if self.label_encoding == "multi_hot":
       out["label"][j] = rec["label"]
     elif self.label_encoding == "class_index":
@@ -159,6 +161,7 @@ class SegmentCutter:
     copy_rows = preprocess.copy_rows(rec["leads"], w.leads)
     seg_len = self._seg_len.get(rate) or self._seg_len.setdefault(rate, w.segment_length(rate))
     pre_r, num_samples = int(round(w.pre_r_s * rate)), signal.shape[1]
+    context = w.context
     lo, hi = w.stretch
     for v, (seg, ratio_key, valid_key) in enumerate(self._keys):
       ratio = rate / w.sampling_rate * (1.0 if draws is None else lo + (hi - lo) * draws[v, 0])
@@ -168,8 +171,8 @@ class SegmentCutter:
       else:
         start = preprocess.choose_start(draws[v, 1], rec["r_peaks"], num_samples, src_len, pre_r)
       out[ratio_key][j] = ratio
-      out[valid_key][j] = preprocess.extract_segment(signal, copy_rows, start, seg_len,
-                                                     out[seg][j])
+      out[valid_key][j] = preprocess.extract_segment(signal, copy_rows, start - context,
+                                                     seg_len, out[seg][j])
 
   def __call__(self, records: Sequence[Any]) -> dict[str, np.ndarray]:
     """grain batch_fn for eval: records skipped as corrupt (None) are dropped (short batch)."""

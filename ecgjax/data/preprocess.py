@@ -68,15 +68,27 @@ def first_beat_start(r_peaks: np.ndarray, num_samples: int, src_len: int, pre_r:
   return int(ok[0]) if ok.size else 0
 
 
-def decimation(source_rate: float, target_rate: float) -> int:
-  """Integer boxcar factor applied before interpolation (1 when not shrinking >= 2x)."""
-  ratio = source_rate / target_rate
-  return int(ratio) if ratio >= 2 else 1
+# Zero crossings on each side of the resampling kernel (ecgjax.data.windows), in periods of
+# the lower of the two rates: the segment carries that much context around the window.
+RESAMPLE_HALF_WIDTH = 8
 
 
-def segment_length(out_len: int, ratio: float, max_stretch: float) -> int:
-  """Source samples to cut so any window (stretch <= max_stretch) can be interpolated."""
-  return int(np.ceil(out_len * ratio * max_stretch)) + 2 * max(1, int(ratio)) + 2
+def resample_context(ratio: float) -> int:
+  """Source samples the resampling kernel reaches past an output at ``ratio``."""
+  return int(np.ceil(RESAMPLE_HALF_WIDTH * max(ratio, 1.0))) + 1
+
+
+def segment_length(out_len: int, ratio: float, max_stretch: float,
+                   context: int | None = None) -> int:
+  """Source samples to cut, from ``context`` samples before the window's first sample.
+
+  ``context`` (default: what this ratio needs) is the left margin; the right margin is
+  always what this record's own ratio needs.
+  """
+  longest = ratio * max_stretch
+  right = resample_context(longest)
+  left = right if context is None else context
+  return left + int(np.ceil(out_len * longest)) + right + 1
 
 
 def extract_segment(signal: np.ndarray, rows: np.ndarray | None, start: int, seg_len: int,
@@ -84,21 +96,26 @@ def extract_segment(signal: np.ndarray, rows: np.ndarray | None, start: int, seg
   """Copies raw samples [start, start + seg_len) of each row into ``out`` [len(rows), S].
 
   ``rows=None`` means every row of ``signal`` in order (the common case: one strided
-  copy). Rows of -1 (leads the record lacks) and everything past the record's end or
-  past ``seg_len`` are zeroed. Returns the number of samples inside the record. The only
-  copy a record gets on the host, and no arithmetic: resampling and normalisation run on
-  whole batches in :mod:`ecgjax.data.windows`.
+  copy). Rows of -1 (leads the record lacks) and everything before the record's start
+  (``start`` < 0: the resampling context of a window at the record's start), past its
+  end or past ``seg_len`` are zeroed. Returns the segment index where the record ends
+  (samples [0, valid) hold data or the zeros before the record). The only copy a record
+  gets on the host, and no arithmetic: resampling and normalisation run on whole batches
+  in :mod:`ecgjax.data.windows`.
   """
   valid = max(0, min(seg_len, out.shape[1], signal.shape[1] - start))
+  lead = min(max(0, -start), valid)
+  src = slice(start + lead, start + valid)
+  out[:, :lead] = 0
   if rows is None:
-    out[:, :valid] = signal[:, start:start + valid]
+    out[:, lead:valid] = signal[:, src]
     out[:, valid:] = 0
     return valid
   present = rows >= 0
-  if valid and present.any():
-    out[present, :valid] = signal[rows[present], start:start + valid]
-    out[~present, :valid] = 0
+  if valid > lead and present.any():
+    out[present, lead:valid] = signal[rows[present], src]
+    out[~present, lead:valid] = 0
   else:
-    out[:, :valid] = 0
+    out[:, lead:valid] = 0
   out[:, valid:] = 0
   return valid

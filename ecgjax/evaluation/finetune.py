@@ -170,8 +170,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   history, evals_without_gain, losses = [], 0, []
   for step in range(1, int(config.optim.total_steps) + 1):
     b = next(it)
-    segments = {k: v for k, v in b.items() if k in ("seg1", "ratio1", "valid1", "k", "scale",
-                                                    "lead_mask")}
+    segments = {k: v for k, v in b.items()
+                if k in ("seg1", "ratio1", "valid1", "scale", "lead_mask")}
     state, loss = step_fn(state, sharding.global_batch_from_local(segments, mesh),
                           jax.device_put(b["label"], sharding.batch_sharding(mesh, 2)))
     losses.append(loss)

@@ -21,6 +21,7 @@ Window policy (``mode``):
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -135,16 +136,16 @@ class Pretrained:
       starts = [preprocess.first_beat_start(np.asarray(r_peaks, np.int64), num_samples, need,
                                             int(round(w.pre_r_s * sampling_rate)))]
     ratio = sampling_rate / w.sampling_rate
-    k = preprocess.decimation(sampling_rate, w.sampling_rate)
-    seg_len = preprocess.segment_length(w.window_samples, ratio, 1.0)
+    w = dataclasses.replace(w, source_rates=(float(sampling_rate),))  # sizes the context
+    seg_len = w.segment_length(sampling_rate)
     n = 1 << (len(starts) - 1).bit_length()  # a power of two: few distinct compiled shapes
     segs = np.zeros((n, len(rows), seg_len), np.float32)
     valid = np.zeros(n, np.int32)
     for i, s in enumerate(starts):
-      valid[i] = preprocess.extract_segment(x, rows, s, seg_len, segs[i])
+      valid[i] = preprocess.extract_segment(x, rows, s - w.context, seg_len, segs[i])
     batch = {"seg1": segs, "valid1": valid, "ratio1": np.full(n, ratio, np.float32),
-             "k": np.full(n, k, np.int32), "lead_mask": np.tile(present, (n, 1)),
-             "scale": np.tile(np.where(present, 1.0 / k, 0.0).astype(np.float32), (n, 1))}
+             "lead_mask": np.tile(present, (n, 1)),
+             "scale": np.tile(present.astype(np.float32), (n, 1))}
     out = windows_lib.on_host(batch, w)["view1"][:len(starts)]
     return out, present
 

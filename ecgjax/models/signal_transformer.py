@@ -358,14 +358,17 @@ class SignalTransformer(nnx.Module):
       h = apply(block, h, mask)
     return h
 
-  def encode(self, x: jax.Array, lead_mask: jax.Array,
-             visible_idx: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  def encode(self, x: jax.Array, lead_mask: jax.Array, visible_idx: jax.Array | None = None,
+             visible_valid: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Encodes a signal, optionally only the ``visible_idx`` tokens (MAE).
 
     Args:
       x: [B, L, T] float signal, T a multiple of patch_size.
       lead_mask: [B, L] bool, False for absent leads.
       visible_idx: optional [B, K] int32 indices into the L*n token grid.
+      visible_valid: optional [B, K] bool; False marks padding slots (a sample with fewer
+        visible tokens than K), which are kept out of attention like absent leads, so
+        their contents cannot change any real token or the pooled output.
 
     Returns:
       tokens [B, K, D] (compute dtype, after the final LayerNorm; K = L*n when
@@ -380,6 +383,8 @@ class SignalTransformer(nnx.Module):
     if visible_idx is not None:
       h = jnp.take_along_axis(h, visible_idx[:, :, None], axis=1)
       valid = jnp.take_along_axis(valid, visible_idx, axis=1)
+      if visible_valid is not None:
+        valid = valid & visible_valid
       lead_id = visible_idx.astype(jnp.int32) // n
     k = h.shape[1]
 
@@ -402,12 +407,13 @@ class SignalTransformer(nnx.Module):
 
   # ---------------------------------------------------------------------------- decoder
   def decode(self, tokens: jax.Array, visible_idx: jax.Array | None, lead_mask: jax.Array,
-             num_patches: int) -> jax.Array:
+             num_patches: int, visible_valid: jax.Array | None = None) -> jax.Array:
     """Predicts every patch [B, L*n, P] (float32) from the encoded visible tokens.
 
     Visible tokens are scattered back into a full grid of learned mask tokens (fixed
-    shape), decoder lead and time embeddings are added and ``decoder_depth`` global
-    blocks run with absent leads masked out.
+    shape; padding slots, ``visible_valid`` False, are dropped and leave a mask token),
+    decoder lead and time embeddings are added and ``decoder_depth`` global blocks run
+    with absent leads masked out.
     """
     b, l = lead_mask.shape
     n = num_patches
@@ -415,7 +421,9 @@ class SignalTransformer(nnx.Module):
     dd = h.shape[-1]
     if visible_idx is not None:
       grid = jnp.broadcast_to(self.mask_token[...].astype(self.dtype), (b, l * n, dd))
-      h = grid.at[jnp.arange(b)[:, None], visible_idx].set(h)
+      if visible_valid is not None:  # Out-of-range index: the scatter drops the slot.
+        visible_idx = jnp.where(visible_valid, visible_idx, l * n)
+      h = grid.at[jnp.arange(b)[:, None], visible_idx].set(h, mode="drop")
     pos = self._positions(n, getattr(self, "decoder_pos_embed", None), dd)
     h = (h.reshape(b, l, n, dd) + self.decoder_lead_embed[...][:, None].astype(self.dtype)
          + pos[None].astype(self.dtype)).reshape(b, l * n, dd)

@@ -58,13 +58,12 @@ def objective_config(kind: str = "hl", **overrides: Any) -> ml_collections.Confi
 
 
 def _mask(model, key: jax.Array, x: jax.Array, lead_mask: jax.Array,
-          cfg: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array, int]:
+          cfg: ml_collections.ConfigDict) -> tuple[masking.TokenMask, int]:
   b, l, t = x.shape
   n = model.num_patches(t)
-  visible_idx, masked = masking.multiscale_mask(
-      key, b, l, n, lead_mask, float(cfg.mask_ratio), tuple(cfg.span_scales),
-      float(cfg.whole_lead_prob))
-  return visible_idx, masked, n
+  mask = masking.multiscale_mask(key, b, l, n, lead_mask, float(cfg.mask_ratio),
+                                 tuple(cfg.span_scales), float(cfg.whole_lead_prob))
+  return mask, n
 
 
 def loss_fn(model, batch: dict[str, jax.Array], key: jax.Array,
@@ -90,13 +89,14 @@ def loss_fn(model, batch: dict[str, jax.Array], key: jax.Array,
   x = jnp.stack([v1, v2], axis=1).reshape(2 * b, l, t)
   lead_mask = jnp.stack([batch["mask1"], batch["mask2"]], axis=1).reshape(2 * b, l)
 
-  visible_idx, masked, n = _mask(model, key, x, lead_mask, cfg)
-  tokens, pooled = model.encode(x, lead_mask, visible_idx)
+  mask, n = _mask(model, key, x, lead_mask, cfg)
+  visible_idx, visible_valid, masked = mask
+  tokens, pooled = model.encode(x, lead_mask, visible_idx, visible_valid)
 
   zero = jnp.zeros((), jnp.float32)
   loss, mae_term, nt, acc = zero, zero, zero, zero
   if mae_weight > 0:
-    pred = model.decode(tokens, visible_idx, lead_mask, n)
+    pred = model.decode(tokens, visible_idx, lead_mask, n, visible_valid)
     target = model.patchify(x)
     valid = jnp.repeat(lead_mask, n, axis=1)
     per_view = [
@@ -114,7 +114,6 @@ def loss_fn(model, batch: dict[str, jax.Array], key: jax.Array,
     acc = con_metrics["contrastive_acc"]
     loss = loss + con_weight * nt
 
-  visible_valid = jnp.take_along_axis(jnp.repeat(lead_mask, n, axis=1), visible_idx, axis=1)
   metrics = {
       "loss": loss,
       "mae": mae_term,
@@ -135,9 +134,9 @@ def reconstruct(model, x: jax.Array, lead_mask: jax.Array, key: jax.Array,
   Returns:
     pred_signal [B, L, T] float32 and masked [B, L*n] bool.
   """
-  visible_idx, masked, n = _mask(model, key, x, lead_mask, cfg)
-  tokens, _ = model.encode(x, lead_mask, visible_idx)
-  pred = model.decode(tokens, visible_idx, lead_mask, n)
+  (visible_idx, visible_valid, masked), n = _mask(model, key, x, lead_mask, cfg)
+  tokens, _ = model.encode(x, lead_mask, visible_idx, visible_valid)
+  pred = model.decode(tokens, visible_idx, lead_mask, n, visible_valid)
   if cfg.norm_target:
     mean, std = mae.patch_stats(model.patchify(x))
     pred = pred * std + mean
