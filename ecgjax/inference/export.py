@@ -127,7 +127,9 @@ def write(out_dir: str, model, export_cfg: dict[str, Any], run_dir: str | None =
   ``run_dir`` (the training workdir) lets the model card report the training config, data
   spec and probe results; it defaults to ``export_cfg['source']``.
   """
-  os.makedirs(out_dir, exist_ok=True)
+  if not os.path.isdir(out_dir):
+    os.makedirs(out_dir)
+    os.chmod(out_dir, 0o755)  # readable by colleagues whatever the umask.
   flat = flatten_params(nnx.state(model, nnx.Param))
   if not export_cfg.get("heads", False):
     flat = {k: v for k, v in flat.items() if not is_head_param(k)}
