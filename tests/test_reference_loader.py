@@ -8,7 +8,6 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import sys
 
 import numpy as np
@@ -93,6 +92,18 @@ def test_dataset_normalisation_and_encoder_only_equals_full(tmp_path):
   model, meta = export.load_model(enc)
   assert meta["heads"] is False
   assert float(np.abs(np.asarray(model.proj_in.kernel[...])).max()) == 0.0
+  # A version-1 export (no "heads" key, heads included) still loads; half a head set does not.
+  cfg_path = os.path.join(full, "config.json")
+  meta = json.load(open(cfg_path))
+  del meta["heads"]
+  json.dump(meta, open(cfg_path, "w"))
+  assert export.load_model(full)[1]["heads"] is True
+  from safetensors.numpy import save_file
+  params = export.load_params(full)
+  save_file({k: v for k, v in params.items() if not k.startswith("proj_")},
+            os.path.join(full, "params.safetensors"))
+  with pytest.raises(ValueError, match=r"missing \['proj_in/bias'"):
+    export.load_model(full)
 
 
 def test_export_files_card_and_damage(tmp_path):

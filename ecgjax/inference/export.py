@@ -176,14 +176,14 @@ def load_model(export_dir: str):
   pure = nnx.to_pure_dict(params)
   leaves = jax.tree_util.tree_leaves_with_path(pure)
   names = {param_name(p) for p, _ in leaves}
-  needed = {n for n in names if not is_head_param(n)}
-  missing = sorted(needed - set(flat))
-  present_heads = {n for n in names if is_head_param(n)} & set(flat)
-  unexpected = sorted(set(flat) - names)
-  if missing or unexpected or present_heads and present_heads != names - needed:
+  heads = {n for n in names if is_head_param(n)}
+  # The encoder always; the heads all or none (all when config.json says it has them).
+  with_heads = bool(export_cfg.get("heads", heads & set(flat)))
+  expected = names if with_heads else names - heads
+  if set(flat) != expected:
     raise ValueError(f"{export_dir}/{PARAMS_FILE} does not match the model in {CONFIG_FILE}: "
-                     f"missing {(missing or sorted(names - set(flat)))[:5]}, unexpected "
-                     f"{unexpected[:5]}")
+                     f"missing {sorted(expected - set(flat))[:5]}, unexpected "
+                     f"{sorted(set(flat) - expected)[:5]}")
 
   def value(p, x):
     name = param_name(p)
@@ -192,7 +192,7 @@ def load_model(export_dir: str):
     return jax.numpy.zeros(x.shape, x.dtype)  # a head absent from an encoder-only export.
   nnx.replace_by_pure_dict(params, jax.tree_util.tree_map_with_path(value, pure))
   nnx.update(model, params)
-  export_cfg.setdefault("heads", bool(present_heads))
+  export_cfg["heads"] = with_heads
   return model, export_cfg
 
 

@@ -143,7 +143,11 @@ def render(meta: dict[str, Any], tensors: list[tuple[str, tuple[int, ...], str]]
   else:
     out.append("- the shards' spec.json was not available when this card was written")
   out += ["", f"Licence: {licence_note(spec)}", "", "## Results", ""]
-  out += _probe_lines(probe) if probe else [
+  try:
+    probe_lines = _probe_lines(probe) if probe else None
+  except (KeyError, TypeError, IndexError) as e:  # an older or hand-edited results.json.
+    probe_lines = [f"probe/results.json of the run could not be summarised ({e!r})."]
+  out += probe_lines or [
       "No probe had run when this card was written (`python main.py --config=configs/probe.py "
       "--config.pretrained=THIS_DIR --workdir=...`)."]
   out += ["", "## Preprocessing contract", "",
