@@ -153,7 +153,7 @@ def test_card_reports_training_data_and_probe(tmp_path):
   data.mkdir()
   (run / "config.json").write_text(json.dumps(
       {"data": {"path": str(data)}, "global_batch": 8, "total_steps": 3,
-       "optim": {"learning_rate": 3e-4}, "seed": 0}))
+       "optim": {"lr": 3e-4}, "seed": 0}))
   (data / "spec.json").write_text(json.dumps(
       {"format": "ptbxl", "source": "/data/ptbxl", "num_records": 1987,
        "splits": {"train": 1490, "val": 242, "test": 255}, "rejects": {"count": 0}}))
@@ -167,4 +167,4 @@ def test_card_reports_training_data_and_probe(tmp_path):
   card = open(model_card.write(out, str(run))).read()
   assert "1987 records" in card and "CC BY 4.0" in card and "Wagner" in card
   assert "| pretrained | 1 | 1490 | 0.812 [0.790, 0.830] | 0.610 |" in card
-  assert '"learning_rate": 0.0003' in card
+  assert "peak learning rate 0.0003" in card and '"lr": 0.0003' in card

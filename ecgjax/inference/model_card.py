@@ -130,11 +130,12 @@ def render(meta: dict[str, Any], tensors: list[tuple[str, tuple[int, ...], str]]
   if train_cfg:
     opt = train_cfg.get("optim", {})
     out.append(f"- global batch {train_cfg.get('global_batch')}, total_steps "
-               f"{train_cfg.get('total_steps')}, learning rate {opt.get('learning_rate')}, "
+               f"{train_cfg.get('total_steps')}, peak learning rate {opt.get('lr')}, "
                f"seed {train_cfg.get('seed')}")
   out += ["", "## Training data", ""]
   if spec:
-    out += [f"- `{spec.get('source', train_cfg and train_cfg.get('data', {}).get('path'))}` "
+    where = spec.get("source") or (train_cfg or {}).get("data", {}).get("path")
+    out += [f"- `{where}` "
             f"(format `{spec.get('format')}`): {spec.get('num_records')} records, splits "
             f"{spec.get('splits')}, sampling rates {spec.get('sampling_rates')}",
             f"- labels ({spec.get('label_encoding')}): {spec.get('label_names')}; per split "
