@@ -7,13 +7,16 @@ setup(
     description="Pretrain ECG foundation models with hybrid self-supervised learning in JAX",
     python_requires=">=3.11",
     packages=find_packages(include=["ecgjax", "ecgjax.*", "data_pipelines", "data_pipelines.*",
-                                    "configs"]),
+                                    "configs", "ecgjax_reference"]),
+    # What the runtime imports. Upper bounds are the tested ranges: CI runs jax 0.10.x on
+    # Python 3.11, the GPU machines jax 0.11.2 / flax 0.12.10 on 3.12. constraints.txt pins
+    # every package of the CI run (pip install -e . -c constraints.txt).
     install_requires=[
-        "jax>=0.10",
-        "flax>=0.12",
+        "jax>=0.10,<0.12",
+        "flax>=0.12,<0.13",
         "optax>=0.2.8",
-        "orbax-checkpoint>=0.12",
-        "grain>=0.2.18",
+        "orbax-checkpoint>=0.12,<0.13",
+        "grain>=0.2.18,<0.3",
         "ml_collections>=1.1",
         "absl-py",
         "numpy",
@@ -21,7 +24,6 @@ setup(
         "pandas",
         "h5py",
         "wfdb>=4",
-        "neurokit2",
         "crc32c",
         "protobuf",
         "tensorflow-datasets",  # only for the tf.train.Example proto (no TensorFlow import).
@@ -31,9 +33,14 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "dev": ["pytest", "pytest-xdist"],
+        "dev": ["pytest", "pytest-xdist", "tensorboard"],
+        "viz": ["tensorboard"],         # `tensorboard --logdir=WORKDIR` (the writer is tensorboardX).
         "tf": ["tensorflow-cpu"],       # interop tests / tf.data baseline only.
         "beam": ["apache-beam"],        # data_pipelines.beam_convert (multi-machine conversion).
-        "bench": ["torch", "einops"],   # PyTorch reference in benchmarks/ only.
+        "bench": ["torch", "einops", "neurokit2"],  # benchmarks/ only (PyTorch twin, R-peak baselines).
     },
+    entry_points={"console_scripts": [
+        "ecgjax-convert=data_pipelines.convert:main",
+        "ecgjax-embed=ecgjax.inference.embed:main",
+    ]},
 )

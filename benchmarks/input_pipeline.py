@@ -44,7 +44,7 @@ if threads:
   tf.config.threading.set_inter_op_parallelism_threads(threads)
   tf.config.threading.set_intra_op_parallelism_threads(threads)
 files = sorted(glob.glob(data + "/train.tfrecord-*"))
-files = [f for f in files if not f.endswith(".index")]
+files = [f for f in files if not f.endswith(".index")]  # directories of the old layout
 spec = {"signal": tf.io.FixedLenFeature([], tf.string), "shape": tf.io.FixedLenFeature([2], tf.int64),
         "sampling_rate": tf.io.FixedLenFeature([], tf.float32), "r_peaks": tf.io.VarLenFeature(tf.int64)}
 def start_at_beat(peaks, n, src, pre_r):

@@ -10,4 +10,5 @@ def get_config(arg: str | None = None):
   c.output = ""       # export directory
   c.init = "trained"  # 'trained' | 'random' (same architecture, fresh weights)
   c.step = -1         # -1 = latest
+  c.include_heads = False  # True: also the MAE decoder and projection head (encoder only by default).
   return c

@@ -6,7 +6,8 @@ r"""Raw ECG archive -> validated, sharded TFRecords + spec.json.
 
 Work is split into ``num_shards`` groups by item index (item i -> group i % num_shards), so
 the record -> shard assignment is deterministic. Each group writes one file per split it
-holds (``<split>.tfrecord-GGGGG-of-NNNNN``) through temp-then-rename, then a done marker
+holds (``<split>.tfrecord-GGGGG-of-NNNNN``, its offset index in ``index/``, so the
+``<split>.tfrecord-*`` glob matches shards only) through temp-then-rename, then a done marker
 (``.groups/GGGGG.json``) with its counts, statistics and rejects. A re-run skips finished
 groups, so a killed 1M-record conversion resumes where it stopped. Bad records never stop
 the run: each becomes a line in ``rejects.jsonl`` with its id, source and reason.

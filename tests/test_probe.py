@@ -248,6 +248,10 @@ def test_demo_summary_compares_pretrained_and_random(trained_run, synthetic_shar
   text = capsys.readouterr().out
   assert "pretrained" in text and "random init" in text
   assert out["pretrained"]["encoder"]["step"] == 3
+  card = (run / "export" / "README.md").read_text()  # re-rendered with the probe results.
+  auroc = saved["pretrained"]["results"][0]["test"]["macro_auroc"]
+  assert "| pretrained | " in card and "| random init | " in card
+  assert auroc is None or f"{auroc:.3f}" in card
 
 
 def test_partial_conversions_are_flagged():

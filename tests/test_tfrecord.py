@@ -1,11 +1,19 @@
-"""TFRecord framing, offset index, Example schema round trip, corruption errors, TF interop."""
+"""TFRecord framing, offset index, Example schema round trip, corruption errors, TF interop.
+
+The ``tensorflow`` tests run in CI in a side venv with tensorflow-cpu and without JAX
+(.ci/run); the converter they call needs no JAX either.
+"""
+import csv
+import glob
 import os
+import shutil
 
 import numpy as np
 import pytest
 
 from ecgjax.data import example, tfrecord
 from ecgjax.data.records import STANDARD_LEADS, EcgRecord
+from tests.conftest import requires_shared
 
 
 def _record(i: int, dtype=np.int16) -> EcgRecord:
@@ -35,6 +43,8 @@ def test_roundtrip_sequential_and_indexed(tmp_path):
   payloads = _write(path)
   assert list(tfrecord.read_records(str(path))) == payloads
   index = tfrecord.read_index(str(path))
+  assert (tmp_path / "index" / "train.tfrecord-00000-of-00001.index").exists()
+  assert glob.glob(str(tmp_path / "train.tfrecord-*")) == [str(path)]  # shards only
   assert index.size == len(payloads) + 1 and index[-1] == os.path.getsize(path)
   np.testing.assert_array_equal(index, tfrecord.build_index(str(path)))
   with open(path, "rb") as f:
@@ -127,6 +137,8 @@ def test_readable_by_tensorflow(tmp_path):
   _write(path, 4)
   feature_spec = {
       "signal": tf.io.FixedLenFeature([], tf.string),
+      "dtype": tf.io.FixedLenFeature([], tf.string),
+      "gain": tf.io.FixedLenFeature([12], tf.float32),
       "shape": tf.io.FixedLenFeature([2], tf.int64),
       "sampling_rate": tf.io.FixedLenFeature([], tf.float32),
       "leads": tf.io.FixedLenFeature([12], tf.string),
@@ -141,3 +153,105 @@ def test_readable_by_tensorflow(tmp_path):
     np.testing.assert_array_equal(sig, _record(i).signal)
     assert ex["record_id"].numpy().decode() == f"r{i}"
     assert ex["leads"].numpy()[3].decode() == "aVR"
+    assert ex["dtype"].numpy() == b"int16"
+    np.testing.assert_array_equal(ex["gain"].numpy(), np.full(12, 1000.0, np.float32))
+
+
+def test_old_index_layout_still_opens(tmp_path):
+  """Directories converted before index/ kept ``<shard>.index`` beside the shard."""
+  path = tmp_path / "train.tfrecord-00000-of-00001"
+  payloads = _write(path, 3)
+  os.replace(tmp_path / "index" / (path.name + ".index"), str(path) + ".index")
+  shutil.rmtree(tmp_path / "index")
+  offsets = tfrecord.read_index(str(path))
+  assert offsets.size == 4 and offsets[-1] == path.stat().st_size
+  with open(path, "rb") as f:
+    buf = f.read()
+  assert bytes(tfrecord.parse_frame(buf[offsets[2]:offsets[3]], str(path), 0)) == payloads[2]
+  os.remove(str(path) + ".index")
+  with pytest.raises(FileNotFoundError, match="index/train.tfrecord-00000-of-00001.index"):
+    tfrecord.read_index(str(path))
+
+
+_PTBXL_CLASSES = ("NORM", "MI", "STTC", "CD", "HYP")
+
+
+def _ptbxl_subset(tmp_path, n: int) -> tuple[str, str, dict[str, dict[str, str]]]:
+  """The first ``n`` shared PTB-XL records (symlinked) + their rows of the label table."""
+  data = requires_shared("ptbxl")
+  with open(data / "ptbxl_labels.csv") as f:
+    rows = [r for r in csv.DictReader(f) if r["in_records100_subset"] == "1"][:n]
+  root = tmp_path / "ptbxl"
+  for r in rows:
+    dst = root / os.path.dirname(r["filename_lr"])
+    dst.mkdir(parents=True, exist_ok=True)
+    for ext in (".hea", ".dat"):
+      os.symlink(data / (r["filename_lr"] + ext), root / (r["filename_lr"] + ext))
+  labels = tmp_path / "labels.csv"
+  with open(labels, "w", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+  return str(root), str(labels), {f"{int(r['ecg_id']):05d}": r for r in rows}
+
+
+def test_tensorflow_glob_reads_converted_ptbxl(tmp_path):
+  """A TF user's first lines on converted real PTB-XL: glob, TFRecordDataset, parse.
+
+  Every feature is checked against the source read independently (wfdb + the label CSV).
+  """
+  tf = pytest.importorskip("tensorflow", reason="TensorFlow not installed (pip install '.[tf]')")
+  import wfdb
+  from data_pipelines import convert
+  root, labels, rows = _ptbxl_subset(tmp_path, 60)
+  out = tmp_path / "shards"
+  spec = convert.convert(convert.build_parser().parse_args([
+      "--format=ptbxl", f"--input={root}", f"--labels={labels}", f"--output={out}",
+      "--num_shards=3", "--workers=1", "--quiet"]))
+  assert spec["num_records"] == len(rows)
+  feature_spec = {
+      "signal": tf.io.FixedLenFeature([], tf.string),
+      "dtype": tf.io.FixedLenFeature([], tf.string),
+      "shape": tf.io.FixedLenFeature([2], tf.int64),
+      "gain": tf.io.VarLenFeature(tf.float32),
+      "sampling_rate": tf.io.FixedLenFeature([], tf.float32),
+      "leads": tf.io.VarLenFeature(tf.string),
+      "r_peaks": tf.io.VarLenFeature(tf.int64),
+      "record_id": tf.io.FixedLenFeature([], tf.string),
+      "label": tf.io.VarLenFeature(tf.int64),
+      "split": tf.io.FixedLenFeature([], tf.string),
+  }
+  canonical = {"AVR": "aVR", "AVL": "aVL", "AVF": "aVF"}  # PTB-XL spells them upper-case.
+  seen = set()
+  for split in ("train", "val", "test"):
+    files = tf.io.gfile.glob(f"{out}/{split}.tfrecord-*")
+    listed = sorted(str(out / s["file"]) for s in spec["shards"] if s["split"] == split)
+    assert sorted(files) == listed, "the glob must match the shards and nothing else"
+    n = 0
+    for raw in tf.data.TFRecordDataset(files):
+      ex = tf.io.parse_single_example(raw, feature_spec)
+      rid = ex["record_id"].numpy().decode()
+      row = rows[rid]
+      ref = wfdb.rdrecord(os.path.join(root, row["filename_lr"]), physical=False)
+      assert ex["dtype"].numpy() == b"int16"
+      dtype = tf.as_dtype(ex["dtype"].numpy().decode())
+      sig = tf.io.decode_raw(ex["signal"], dtype).numpy().reshape(ex["shape"].numpy())
+      np.testing.assert_array_equal(sig, ref.d_signal.T)
+      gain = tf.sparse.to_dense(ex["gain"]).numpy()
+      np.testing.assert_array_equal(gain, np.asarray(ref.adc_gain, np.float32))
+      phys = wfdb.rdrecord(os.path.join(root, row["filename_lr"])).p_signal.T
+      np.testing.assert_allclose(sig / gain[:, None], phys, atol=1e-6)
+      assert ex["sampling_rate"].numpy() == ref.fs == 100
+      leads = [l.decode() for l in tf.sparse.to_dense(ex["leads"]).numpy()]
+      assert leads == [canonical.get(l, l) for l in ref.sig_name]
+      hot = tf.sparse.to_dense(ex["label"]).numpy()
+      np.testing.assert_array_equal(hot, [int(row[c]) for c in _PTBXL_CLASSES])
+      assert ex["split"].numpy().decode() == row["split"] == split
+      peaks = tf.sparse.to_dense(ex["r_peaks"]).numpy()
+      assert peaks.size >= 4 and np.all(np.diff(peaks) > 0)
+      assert 0 <= peaks[0] and peaks[-1] < sig.shape[1]
+      assert 0.25 <= np.median(np.diff(peaks)) / ref.fs <= 2.0  # 30-240 bpm
+      seen.add(rid)
+      n += 1
+    assert n == spec["splits"].get(split, 0) == sum(r["split"] == split for r in rows.values())
+  assert seen == set(rows)

@@ -1,6 +1,7 @@
 """Random-access view over a split's TFRecord shards, for ``grain.MapDataset.source``.
 
-Each shard has an offset index written at conversion, so record ``i`` of the split is a
+Each shard has an offset index written at conversion (``DIR/index/<shard>.index``; the
+older ``DIR/<shard>.index`` layout still opens), so record ``i`` of the split is a
 slice of the memory-mapped shard + CRC check: this is what gives a seeded global shuffle
 and exact resume (grain's own TFRecord reader is sequential only). The slice is a view, not
 a copy (measured: pread + bytes cost 43 us of a 150 us record, the mapped view 16 us with

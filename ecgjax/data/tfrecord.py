@@ -6,8 +6,10 @@ A TFRecord file is a sequence of frames:
 here are byte-compatible with ``tf.data.TFRecordDataset``.
 
 Random access (global shuffle, exact resume) needs the byte offset of every frame; the
-writer records them and :func:`write_index` stores them next to the shard as
-``<shard>.index`` (little-endian int64 offsets, one per record, plus the file size).
+writer records them and :func:`write_index` stores them as ``DIR/index/<shard>.index``
+(little-endian int64 offsets, one per record, plus the file size). The index lives in its
+own folder so that ``DIR/<split>.tfrecord-*`` (the glob a TensorFlow user types) matches
+shards only. Directories converted before that kept ``DIR/<shard>.index``; they still open.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ _FOOTER = struct.Struct("<I")
 HEADER_BYTES = _HEADER.size  # 12
 FOOTER_BYTES = _FOOTER.size  # 4
 INDEX_SUFFIX = ".index"
+INDEX_DIR = "index"
 
 
 class CorruptRecordError(IOError):
@@ -87,10 +90,32 @@ class TFRecordWriter:
       self.abort()
 
 
+def index_path(shard_path: str) -> str:
+  """Where the offset index of ``shard_path`` is written: ``DIR/index/<shard>.index``."""
+  head, name = os.path.split(shard_path)
+  return os.path.join(head, INDEX_DIR, name + INDEX_SUFFIX)
+
+
+def legacy_index_path(shard_path: str) -> str:
+  """The pre-``index/`` layout (``DIR/<shard>.index``), still read."""
+  return shard_path + INDEX_SUFFIX
+
+
 def write_index(shard_path: str, offsets: list[int]) -> None:
-  tmp = f"{shard_path}{INDEX_SUFFIX}.tmp-{os.getpid()}"
+  path = index_path(shard_path)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f"{path}.tmp-{os.getpid()}"
   np.asarray(offsets, dtype="<i8").tofile(tmp)
-  os.replace(tmp, shard_path + INDEX_SUFFIX)
+  os.replace(tmp, path)
+
+
+def find_index(shard_path: str) -> str:
+  """The index file of ``shard_path`` (new layout first, then legacy); raises if neither."""
+  for path in (index_path(shard_path), legacy_index_path(shard_path)):
+    if os.path.exists(path):
+      return path
+  raise FileNotFoundError(f"offset index missing for shard {shard_path} (expected "
+                          f"{index_path(shard_path)}); re-run the converter")
 
 
 def read_index(shard_path: str, check_size: bool = True) -> np.ndarray:
@@ -99,16 +124,13 @@ def read_index(shard_path: str, check_size: bool = True) -> np.ndarray:
   ``check_size=False`` accepts a shard shorter than its index (truncated): the records
   past its end then fail their frame check one by one, which a skipping reader counts.
   """
-  index_path = shard_path + INDEX_SUFFIX
-  if not os.path.exists(index_path):
-    raise FileNotFoundError(f"offset index missing for shard {shard_path} "
-                            f"(expected {index_path}); re-run the converter")
-  offsets = np.fromfile(index_path, dtype="<i8")
+  index_file = find_index(shard_path)
+  offsets = np.fromfile(index_file, dtype="<i8")
   size = os.path.getsize(shard_path)
   size_ok = offsets.size >= 1 and (offsets[-1] == size or not check_size)
   if not size_ok or np.any(np.diff(offsets) < HEADER_BYTES + FOOTER_BYTES):
     raise CorruptRecordError(shard_path, int(offsets[-1]) if offsets.size else 0,
-                             f"offset index {index_path} does not match the shard "
+                             f"offset index {index_file} does not match the shard "
                              f"(file size {size}); the shard was truncated or rewritten")
   return offsets
 

@@ -361,6 +361,8 @@ def demo_summary(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
              "seconds": round(time.time() - start, 2)}
   if jax.process_index() == 0:
     probe_report.write_demo(out_dir, summary, roc_p)
+    from ecgjax.inference import model_card  # pylint: disable=g-import-not-at-top
+    model_card.write(export_dir, workdir)  # the card now reports the probe results.
     print(probe_report.demo_table(summary), flush=True)
   logging.info("demo probe summary in %.1fs -> %s", time.time() - start, out_dir)
   return summary

@@ -1,12 +1,15 @@
-"""Params export for downstream users: OUT/params.safetensors + OUT/config.json.
+"""Params export for downstream users: OUT/params.safetensors + OUT/config.json + OUT/README.md.
 
   python main.py --config=configs/export.py --config.checkpoint=RUN_DIR --config.output=OUT
   python main.py --config=configs/export.py --config.checkpoint=RUN_DIR --config.init=random ...
 
-Tensor names are the '/'-joined NNX state paths of the encoder's parameters (e.g.
-'encoder_blocks/0/attn/query/kernel'); config.json holds everything needed to rebuild the
-model and feed it: the model config, sampling rate, lead order, patch and window length,
-normalisation.
+Tensor names are the '/'-joined NNX state paths of the model's parameters (e.g.
+'blocks/0/attn/query/kernel', kernels [in, out]); config.json holds everything needed to
+rebuild the model and feed it: the model config, sampling rate, lead order, patch and
+window length, normalisation. By default only the encoder is written (what embedding,
+probes and fine-tuning use); ``config.include_heads=True`` adds the MAE decoder and the
+projection head. README.md is the model card (:mod:`ecgjax.inference.model_card`). Files
+are 0644 so colleagues can read a shared export.
 """
 from __future__ import annotations
 
@@ -28,7 +31,16 @@ from ecgjax.models import signal_transformer as st
 
 PARAMS_FILE = "params.safetensors"
 CONFIG_FILE = "config.json"
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2  # 2: encoder-only by default ("heads" in config.json), model card.
+FILE_MODE = 0o644
+# Top-level SignalTransformer attributes that only pretraining uses (MAE decoder, SimCLR
+# projection head); every other parameter is the encoder's.
+HEAD_PARAMS = ("decoder_in", "mask_token", "decoder_lead_embed", "decoder_pos_embed",
+               "decoder_blocks", "decoder_norm", "decoder_out", "proj_in", "proj_out")
+
+
+def is_head_param(name: str) -> bool:
+  return name.split("/", 1)[0] in HEAD_PARAMS
 
 
 def load_train_config(run_dir: str) -> ml_collections.ConfigDict:
@@ -74,7 +86,8 @@ def restore_model(run_dir: str, step: int | None = None, init: str = "trained"):
   return model, cfg, restored_step
 
 
-def export_config(cfg: ml_collections.ConfigDict, step: int, source: str, init: str) -> dict[str, Any]:
+def export_config(cfg: ml_collections.ConfigDict, step: int, source: str, init: str,
+                  include_heads: bool = False) -> dict[str, Any]:
   spec_stats = None
   if cfg.data.normalize == "dataset":
     from ecgjax.data import mixture  # pylint: disable=g-import-not-at-top
@@ -96,26 +109,60 @@ def export_config(cfg: ml_collections.ConfigDict, step: int, source: str, init: 
       "init": init,
       "source": os.path.abspath(source),
       "embedding_dim": 2 * int(state_lib.model_config(cfg).width),
+      "heads": bool(include_heads),
   }
 
 
-def write(out_dir: str, model, export_cfg: dict[str, Any]) -> str:
-  os.makedirs(out_dir, exist_ok=True)
+def write_file(path: str, write_tmp) -> None:
+  """``write_tmp(tmp_path)``, chmod 0644 (not the umask/mkstemp default), rename into place."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  write_tmp(tmp)
+  os.chmod(tmp, FILE_MODE)
+  os.replace(tmp, path)
+
+
+def write(out_dir: str, model, export_cfg: dict[str, Any], run_dir: str | None = None) -> str:
+  """Writes params (encoder only unless ``export_cfg['heads']``), config.json, README.md.
+
+  ``run_dir`` (the training workdir) lets the model card report the training config, data
+  spec and probe results; it defaults to ``export_cfg['source']``.
+  """
+  if not os.path.isdir(out_dir):
+    os.makedirs(out_dir)
+    os.chmod(out_dir, 0o755)  # readable by colleagues whatever the umask.
   flat = flatten_params(nnx.state(model, nnx.Param))
-  st_numpy.save_file(flat, os.path.join(out_dir, PARAMS_FILE + ".tmp"),
-                     metadata={"format": "ecgjax", "step": str(export_cfg["step"])})
-  os.replace(os.path.join(out_dir, PARAMS_FILE + ".tmp"), os.path.join(out_dir, PARAMS_FILE))
-  with open(os.path.join(out_dir, CONFIG_FILE), "w") as f:
-    json.dump(export_cfg, f, indent=1)
+  if not export_cfg.get("heads", False):
+    flat = {k: v for k, v in flat.items() if not is_head_param(k)}
+  write_file(os.path.join(out_dir, PARAMS_FILE), lambda tmp: st_numpy.save_file(
+      flat, tmp, metadata={"format": "ecgjax", "step": str(export_cfg["step"])}))
+
+  def dump(tmp):
+    with open(tmp, "w") as f:
+      json.dump(export_cfg, f, indent=1)
+  write_file(os.path.join(out_dir, CONFIG_FILE), dump)
+  from ecgjax.inference import model_card  # pylint: disable=g-import-not-at-top
+  model_card.write(out_dir, run_dir if run_dir is not None else export_cfg.get("source"))
   return out_dir
 
 
 def load_params(export_dir: str) -> dict[str, np.ndarray]:
-  return st_numpy.load_file(os.path.join(export_dir, PARAMS_FILE))
+  """Every tensor of ``params.safetensors``; a damaged file raises naming it."""
+  path = os.path.join(export_dir, PARAMS_FILE)
+  try:
+    return st_numpy.load_file(path)
+  except FileNotFoundError:
+    raise
+  except Exception as e:  # safetensors' errors do not name the file.
+    raise ValueError(f"{path}: not a readable safetensors file (truncated or damaged? "
+                     f"{type(e).__name__}: {e}); re-export or copy it again") from e
 
 
 def load_model(export_dir: str):
-  """(SignalTransformer with the exported weights, export config dict)."""
+  """(SignalTransformer with the exported weights, export config dict).
+
+  An encoder-only export (the default) leaves the decoder and projection head at zero:
+  embedding, probes and fine-tuning never run them. Pretraining cannot resume from it.
+  """
   with open(os.path.join(export_dir, CONFIG_FILE)) as f:
     export_cfg = json.load(f)
   mcfg = ml_collections.ConfigDict(export_cfg["model"])
@@ -129,14 +176,23 @@ def load_model(export_dir: str):
   pure = nnx.to_pure_dict(params)
   leaves = jax.tree_util.tree_leaves_with_path(pure)
   names = {param_name(p) for p, _ in leaves}
-  if names != set(flat):
+  heads = {n for n in names if is_head_param(n)}
+  # The encoder always; the heads all or none (all when config.json says it has them).
+  with_heads = bool(export_cfg.get("heads", heads & set(flat)))
+  expected = names if with_heads else names - heads
+  if set(flat) != expected:
     raise ValueError(f"{export_dir}/{PARAMS_FILE} does not match the model in {CONFIG_FILE}: "
-                     f"missing {sorted(names - set(flat))[:5]}, unexpected "
-                     f"{sorted(set(flat) - names)[:5]}")
-  new = jax.tree_util.tree_map_with_path(
-      lambda p, x: jax.numpy.asarray(flat[param_name(p)], x.dtype), pure)
-  nnx.replace_by_pure_dict(params, new)
+                     f"missing {sorted(expected - set(flat))[:5]}, unexpected "
+                     f"{sorted(set(flat) - expected)[:5]}")
+
+  def value(p, x):
+    name = param_name(p)
+    if name in flat:
+      return jax.numpy.asarray(flat[name], x.dtype)
+    return jax.numpy.zeros(x.shape, x.dtype)  # a head absent from an encoder-only export.
+  nnx.replace_by_pure_dict(params, jax.tree_util.tree_map_with_path(value, pure))
   nnx.update(model, params)
+  export_cfg["heads"] = with_heads
   return model, export_cfg
 
 
@@ -147,7 +203,10 @@ def run(config: ml_collections.ConfigDict) -> str:
     raise ValueError("config.output: give the export directory")
   step = None if config.step < 0 else int(config.step)
   model, cfg, restored = restore_model(config.checkpoint, step, config.init)
-  out = write(config.output, model, export_config(cfg, restored, config.checkpoint, config.init))
-  logging.info("exported %s params (step %d, init=%s) to %s", cfg.model_size, restored,
-               config.init, out)
+  heads = bool(config.get("include_heads", False))
+  out = write(config.output, model,
+              export_config(cfg, restored, config.checkpoint, config.init, heads),
+              run_dir=config.checkpoint)
+  logging.info("exported %s %s (step %d, init=%s) to %s", cfg.model_size,
+               "encoder + heads" if heads else "encoder", restored, config.init, out)
   return out

@@ -1,0 +1,1 @@
+"""Reference implementations of ecgjax exports without JAX (numpy + safetensors only)."""
