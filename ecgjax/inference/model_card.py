@@ -154,7 +154,7 @@ def render(meta: dict[str, Any], tensors: list[tuple[str, tuple[int, ...], str]]
   out += ["", "## Preprocessing contract", "",
           "What `ecgjax.load_pretrained(DIR).embed` and the training pipeline's eval mode do; "
           f"`{REFERENCE_FILE}` implements the same in numpy.", "",
-          f"1. Input: a record `[leads, samples]` in **mV** at any rate `fs`, leads named from "
+          "1. Input: a record `[leads, samples]` in **mV** at any rate `fs`, leads named from "
           "I II III aVR aVL aVF V1-V6 (case-insensitive; `MLII` = II).",
           f"2. Lead order: rows are placed in the model's order {leads}. A lead the record "
           "lacks is **absent**: its row is zero and its lead mask is False, so its tokens are "
