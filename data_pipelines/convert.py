@@ -33,6 +33,8 @@ from ecgjax.data.records import EcgRecord, Reject
 
 FORMATS = ("wfdb", "ptbxl", "numpy", "synthetic")
 _GROUPS_DIR = ".groups"
+_SEGMENT_KEYS = ("segment", "window_s", "annotations", "split_scheme", "beat_offset_s",
+                 "max_per_record", "val_records")
 
 
 def make_reader(args: argparse.Namespace):
@@ -47,13 +49,24 @@ def make_reader(args: argparse.Namespace):
     extra["leads"] = args.leads
   if args.format == "wfdb" and args.lead_map:
     extra["lead_map"] = args.lead_map
-  return readers.make_reader(args.format, args.input, args.labels, args.sampling_rate, **extra)
+  reader = readers.make_reader(args.format, args.input, args.labels, args.sampling_rate, **extra)
+  if getattr(args, "segment", None):
+    from data_pipelines import segment  # pylint: disable=g-import-not-at-top
+    if args.format != "wfdb":
+      raise ValueError(f"--segment needs --format=wfdb (annotated records), got {args.format!r}")
+    reader = segment.SegmentingReader(
+        reader, args.segment, args.window_s, args.annotations, args.split_scheme,
+        args.beat_offset_s, args.max_per_record, args.val_records, args.seed)
+  return reader
 
 
 def _fingerprint(args: argparse.Namespace) -> dict[str, Any]:
   keys = ("format", "input", "labels", "sampling_rate", "num_shards", "min_duration_s", "lead_map",
           "num_records", "seed", "duration_s")
-  return {k: getattr(args, k) for k in keys}
+  out = {k: getattr(args, k) for k in keys}
+  if getattr(args, "segment", None):  # segmentation flags (data_pipelines/segment.py).
+    out.update({k: getattr(args, k) for k in _SEGMENT_KEYS})
+  return out
 
 
 class _Stats:
@@ -81,6 +94,19 @@ def _prepare(record: EcgRecord, args: argparse.Namespace) -> EcgRecord | Reject:
   return record
 
 
+def _read_records(reader, items: list[str], args: argparse.Namespace
+                  ) -> Iterable[EcgRecord | Reject]:
+  """Prepared records (or Rejects) of ``items``; a segmenting reader yields several per item."""
+  for item in items:
+    try:
+      out = reader.read(item)
+      out = out if isinstance(out, list) else [out]
+      out = [_prepare(r, args) if isinstance(r, EcgRecord) else r for r in out]
+    except Exception as e:  # pylint: disable=broad-except
+      out = [Reject(str(item), str(item), f"{type(e).__name__}: {e}")]
+    yield from out
+
+
 def convert_group(reader, items: list[str], group: int, args: argparse.Namespace,
                   label_encoding: str, num_classes: int) -> dict[str, Any]:
   """Converts one group of items; returns (and persists) its done-marker summary."""
@@ -94,13 +120,7 @@ def convert_group(reader, items: list[str], group: int, args: argparse.Namespace
   label_counts: dict[str, np.ndarray] = {}
   stats = _Stats()
   try:
-    for item in items:
-      try:
-        rec = reader.read(item)
-        if isinstance(rec, EcgRecord):
-          rec = _prepare(rec, args)
-      except Exception as e:  # pylint: disable=broad-except
-        rec = Reject(str(item), str(item), f"{type(e).__name__}: {e}")
+    for rec in _read_records(reader, items, args):
       if isinstance(rec, Reject):
         rejects.append({"record_id": rec.record_id, "source": rec.source, "reason": rec.reason})
         continue
@@ -291,6 +311,20 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--num_records", type=int, default=2000, help="synthetic: records")
   p.add_argument("--duration_s", type=float, default=10.0, help="synthetic: seconds each")
   p.add_argument("--seed", type=int, default=0, help="synthetic: generator seed")
+  p.add_argument("--segment", default=None, choices=("beats", "windows"),
+                 help="wfdb + annotations: cut records into beat or rhythm-window examples "
+                      "(data_pipelines/segment.py)")
+  p.add_argument("--window_s", type=float, default=None,
+                 help="--segment: example length in s (default 5 for beats, 10 for windows)")
+  p.add_argument("--annotations", default="atr", help="--segment: annotation file extension")
+  p.add_argument("--beat_offset_s", type=float, default=1.0,
+                 help="--segment=beats: the beat sits this long after the example start")
+  p.add_argument("--split_scheme", default="none", choices=("none", "mitbih_inter_patient"),
+                 help="--segment: mitbih_inter_patient = de Chazal DS1 train/val, DS2 test")
+  p.add_argument("--val_records", type=int, default=4,
+                 help="--split_scheme=mitbih_inter_patient: DS1 records (seeded) held out as val")
+  p.add_argument("--max_per_record", type=int, default=0,
+                 help="--segment: keep at most this many examples per record (seeded; 0 = all)")
   p.add_argument("--quiet", action="store_true")
   return p
 
