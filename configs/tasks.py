@@ -46,6 +46,7 @@ def get_config(arg: str | None = None):
   c.data_root = "data/tasks"   # where relative task data paths live
   c.run = ""                   # comma-separated task names to run ('' = all)
   c.label_fractions = (0.1, 1.0)
+  c.read_threads = 2           # shard read threads while embedding
   c.tasks = ml_collections.ConfigDict({
       "ptbxl_superclass": task(
           data="ptbxl", classes=SUPER, metrics=("macro_auroc", "macro_f1")),

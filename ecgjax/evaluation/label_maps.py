@@ -83,17 +83,20 @@ def snomed_superclass_classes() -> tuple[tuple[str, tuple[str, ...]], ...]:
 
 def map_labels(y: np.ndarray, source_names: Sequence[str],
                classes: Sequence[tuple[str, Sequence[str]]],
-               exclusive: Sequence[str] = ()) -> np.ndarray:
+               exclusive: Sequence[str] = (), allow_empty: bool = False) -> np.ndarray:
   """[N, S] 0/1 source labels -> [N, C] 0/1 task labels (see the module docstring).
 
   Source labels a class names but the vocabulary lacks are ignored (a code may simply not
-  occur in a dataset); a class none of whose labels exist raises, naming the class.
+  occur in a dataset). A class none of whose labels exist raises, naming the class, unless
+  ``allow_empty`` (an external test set may lack a class; it then has no positives).
   """
   y = np.asarray(y) > 0
   index = {n: i for i, n in enumerate(source_names)}
   out = np.zeros((y.shape[0], len(classes)), np.float32)
   for c, (name, labels) in enumerate(classes):
     cols = [index[l] for l in labels if l in index]
+    if not cols and allow_empty:
+      continue
     if not cols:
       raise ValueError(f"class {name!r}: none of its labels {list(labels)[:8]} is in the "
                        f"shards' label_names {list(source_names)[:20]}")

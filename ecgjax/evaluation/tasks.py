@@ -141,7 +141,8 @@ def _map(task, names: list[str], x, y, ids) -> tuple[Any, np.ndarray, list | Non
   if len(task.keep):
     cols = [names_idx[k] for k in task.keep if k in names_idx]
     ok &= (y[:, cols] > 0).any(1) if cols else False
-  ym = label_maps.map_labels(y, names, [tuple(c) for c in task.classes], tuple(task.exclusive))
+  ym = label_maps.map_labels(y, names, [tuple(c) for c in task.classes], tuple(task.exclusive),
+                            allow_empty=task.split == "external")
   dropped = {"not in keep": int((~ok).sum())}
   if task.encoding == "class_index":
     one = ym.sum(1) == 1
@@ -166,7 +167,7 @@ def task_data(name: str, config, enc, embedder, cache_dir: str, memo: dict
   raw, ids, dropped = {}, {}, {}
   for s in present:
     out = probe_data.embed_split(enc, embedder, data_cfg, s, cache_dir,
-                                 int(config.get("read_threads", 2)))
+                                 int(config.read_threads))
     rid = _record_ids(path, s) if want_ids else None
     if rid is not None and len(rid) != out["x"].shape[0]:
       raise RuntimeError(f"{path} split {s}: {len(rid)} record ids but "
