@@ -3,6 +3,7 @@ r"""ecgjax entry point: pretraining, linear probes and export, chosen by the con
   python main.py --config=configs/hl.py:demo --workdir=runs/demo
   python main.py --config=configs/hl.py --workdir=runs/hl --config.data.path=SHARDS
   python main.py --config=configs/export.py --config.checkpoint=runs/hl --config.output=OUT
+  python main.py --config=configs/tasks.py --config.pretrained=EXPORT,random --workdir=DIR
 """
 from __future__ import annotations
 
@@ -165,11 +166,14 @@ def _run_job(config) -> None:
   elif job == "finetune":
     from ecgjax.evaluation import finetune  # pylint: disable=g-import-not-at-top
     finetune.run(config, _WORKDIR.value)
+  elif job == "tasks":
+    from ecgjax.evaluation import tasks  # pylint: disable=g-import-not-at-top
+    tasks.run(config, _WORKDIR.value)
   elif job == "export":
     from ecgjax.inference import export  # pylint: disable=g-import-not-at-top
     export.run(config)
   else:
-    raise app.UsageError(f"config.job={job!r}; expected pretrain, probe, finetune or export")
+    raise app.UsageError(f"config.job={job!r}; expected pretrain, probe, finetune, tasks or export")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,8 @@ from ecgjax.data.records import EcgRecord, Reject
 
 FORMATS = ("wfdb", "ptbxl", "numpy", "synthetic")
 _GROUPS_DIR = ".groups"
+_SEGMENT_KEYS = ("segment", "window_s", "annotations", "split_scheme", "beat_offset_s",
+                 "max_per_record", "val_records")
 
 
 def make_reader(args: argparse.Namespace):
@@ -56,7 +58,15 @@ def make_reader(args: argparse.Namespace):
     extra.update({k: getattr(args, k) for k in ("units", "layout") if getattr(args, k, None)})
   if args.format == "wfdb" and args.lead_map:
     extra["lead_map"] = args.lead_map
-  return readers.make_reader(args.format, args.input, args.labels, args.sampling_rate, **extra)
+  reader = readers.make_reader(args.format, args.input, args.labels, args.sampling_rate, **extra)
+  if getattr(args, "segment", None):
+    from data_pipelines import segment  # pylint: disable=g-import-not-at-top
+    if args.format != "wfdb":
+      raise ValueError(f"--segment needs --format=wfdb (annotated records), got {args.format!r}")
+    reader = segment.SegmentingReader(
+        reader, args.segment, args.window_s, args.annotations, args.split_scheme,
+        args.beat_offset_s, args.max_per_record, args.val_records, args.seed)
+  return reader
 
 
 def _fingerprint(args: argparse.Namespace) -> dict[str, Any]:
@@ -67,6 +77,8 @@ def _fingerprint(args: argparse.Namespace) -> dict[str, Any]:
   for k in ("leads", "units", "layout"):
     if getattr(args, k, None):
       out[k] = list(getattr(args, k)) if k == "leads" else getattr(args, k)
+  if getattr(args, "segment", None):  # segmentation flags (data_pipelines/segment.py).
+    out.update({k: getattr(args, k) for k in _SEGMENT_KEYS})
   return out
 
 
@@ -96,6 +108,23 @@ def _prepare(record: EcgRecord, args: argparse.Namespace) -> EcgRecord | Reject:
   return record
 
 
+def _read_records(reader, items: list[str], args: argparse.Namespace,
+                  progress: Callable[[int], None]) -> Iterable[EcgRecord | Reject]:
+  """Prepared records (or Rejects) of ``items``; a segmenting reader yields several per item.
+
+  ``progress(1)`` runs once per item read.
+  """
+  for item in items:
+    try:
+      out = reader.read(item)
+      out = out if isinstance(out, list) else [out]
+      out = [_prepare(r, args) if isinstance(r, EcgRecord) else r for r in out]
+    except Exception as e:  # pylint: disable=broad-except
+      out = [Reject(str(item), str(item), f"{type(e).__name__}: {e}")]
+    progress(1)
+    yield from out
+
+
 def convert_group(reader, items: list[str], group: int, args: argparse.Namespace,
                   label_encoding: str, num_classes: int,
                   progress: Callable[[int], None] | None = None) -> dict[str, Any]:
@@ -121,14 +150,7 @@ def convert_group(reader, items: list[str], group: int, args: argparse.Namespace
   label_counts: dict[str, np.ndarray] = {}
   stats = _Stats()
   try:
-    for item in items:
-      try:
-        rec = reader.read(item)
-        if isinstance(rec, EcgRecord):
-          rec = _prepare(rec, args)
-      except Exception as e:  # pylint: disable=broad-except
-        rec = Reject(str(item), str(item), f"{type(e).__name__}: {e}")
-      progress(1)
+    for rec in _read_records(reader, items, args, progress):
       if isinstance(rec, Reject):
         rejects.append({"record_id": rec.record_id, "source": rec.source, "reason": rec.reason})
         continue
@@ -455,6 +477,20 @@ def build_parser() -> argparse.ArgumentParser:
                  help="seed of the patient-wise split given to records with no source split")
   p.add_argument("--split_fractions", default="0.8,0.1,0.1",
                  help="train,val,test fractions of that split ('1,0,0': all train)")
+  p.add_argument("--segment", default=None, choices=("beats", "windows"),
+                 help="wfdb + annotations: cut records into beat or rhythm-window examples "
+                      "(data_pipelines/segment.py)")
+  p.add_argument("--window_s", type=float, default=None,
+                 help="--segment: example length in s (default 5 for beats, 10 for windows)")
+  p.add_argument("--annotations", default="atr", help="--segment: annotation file extension")
+  p.add_argument("--beat_offset_s", type=float, default=1.0,
+                 help="--segment=beats: the beat sits this long after the example start")
+  p.add_argument("--split_scheme", default="none", choices=("none", "mitbih_inter_patient"),
+                 help="--segment: mitbih_inter_patient = de Chazal DS1 train/val, DS2 test")
+  p.add_argument("--val_records", type=int, default=4,
+                 help="--split_scheme=mitbih_inter_patient: DS1 records (seeded) held out as val")
+  p.add_argument("--max_per_record", type=int, default=0,
+                 help="--segment: keep at most this many examples per record (seeded; 0 = all)")
   p.add_argument("--quiet", action="store_true")
   p.add_argument("--verbose", action="store_true",
                  help="full tracebacks for usage errors (default: one line)")

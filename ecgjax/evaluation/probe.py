@@ -18,7 +18,7 @@ import datetime
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -202,8 +202,13 @@ def _select_l2(fit: probe_fit.Fit, zval: np.ndarray, yval: np.ndarray, multilabe
 
 
 def fit_and_evaluate(data: dict[str, tuple[np.ndarray, np.ndarray]], labels: list[str],
-                     multilabel: bool, config) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-  """One result row per label fraction, plus the largest fraction's test ROC inputs."""
+                     multilabel: bool, config, on_predictions: Callable[..., None] | None = None
+                     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+  """One result row per label fraction, plus the largest fraction's test ROC inputs.
+
+  ``on_predictions(row, test_probs, thresholds)``, if given, sees each fraction's test
+  predictions, so callers can add metrics (evaluation/tasks.py) without refitting.
+  """
   (xtr, ytr), (xva, yva), (xte, yte) = (data[k] for k in SPLIT_KEYS)
   rows, roc = [], {}
   for fraction in sorted(float(f) for f in config.label_fractions):
@@ -249,6 +254,8 @@ def fit_and_evaluate(data: dict[str, tuple[np.ndarray, np.ndarray]], labels: lis
         "test": test, "notes": notes,
     })
     roc = {"fraction": fraction, "y": yte, "p": pte}
+    if on_predictions is not None:
+      on_predictions(rows[-1], pte, thresholds)
   return rows, roc
 
 
