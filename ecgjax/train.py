@@ -12,8 +12,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import signal
-import threading
 import time
 from typing import Any
 
@@ -30,6 +28,7 @@ from ecgjax import config_validation
 from ecgjax import demo_data
 from ecgjax import input as input_lib
 from ecgjax import metrics as metrics_lib
+from ecgjax import preemption
 from ecgjax import sharding
 from ecgjax import state as state_lib
 from ecgjax.data import augment
@@ -133,38 +132,6 @@ def _accumulate(sums: dict[str, jax.Array] | None, m: dict[str, jax.Array]) -> d
   return out
 
 
-class _Preemption:
-  """SIGTERM -> set a flag; the loop saves a checkpoint and exits cleanly."""
-
-  def __init__(self):
-    self.requested = threading.Event()
-    self._old = None
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      self._old = signal.signal(signal.SIGTERM, lambda *_: self.requested.set())
-    return self
-
-  def __exit__(self, *_):
-    if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
-
-  def should_stop(self, step: int, every: int) -> bool:
-    """Whether every process stops after ``step``.
-
-    Saving is a collective, so all processes must agree even when only some got SIGTERM:
-    with several processes the flags are all-gathered every ``every`` steps (the same
-    steps on all of them); a single process checks every step.
-    """
-    if jax.process_count() == 1:
-      return self.requested.is_set()
-    if step % every:
-      return False
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    flags = multihost_utils.process_allgather(np.asarray(self.requested.is_set(), np.int32))
-    return bool(np.asarray(flags).any())
-
-
 def _peak_flops() -> float | None:
   kind = jax.devices()[0].device_kind
   for name, peak in PEAK_FLOPS.items():
@@ -208,7 +175,12 @@ def flops_per_step(config) -> float:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains (resuming from workdir if possible); returns the final metrics."""
+  """Trains (resuming from workdir if possible); returns the final metrics.
+
+  ``result["preempted"]``: a SIGTERM stopped the job (after saving); callers skip any
+  end-of-run work.
+  """
+  preemption.install()  # before anything slow: notices arrive during startup too.
   config_validation.validate(config)
   ckpt_lib.check_workdir(workdir)
   demo_data.resolve_data_path(config, workdir)
@@ -237,32 +209,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                          train_keys)
 
   manager = ckpt_lib.make_manager(os.path.join(workdir, "checkpoints"), config)
-  start_step = 0
-  restored = ckpt_lib.restore(manager, ckpt_lib.abstract_with_shardings(state, shardings),
-                              data_iter, quarantine=True)
-  if restored is not None:
-    start_step, state, iter_restored = restored
-    metrics_lib.log("resumed from step %d in %s", start_step, manager.directory)
-    if not iter_restored:
-      # Grain iterator states are per process: with another process count the input
-      # order restarts, re-seeded with (seed, step) so it does not replay epoch 1.
-      data_iter.close()
-      data_iter = input_lib.DevicePrefetcher(iter(pipeline.make_train_dataset(
-          config.data, local_batch, config.seed + start_step, jax.process_index(),
-          jax.process_count())), mesh, config.data.device_prefetch, train_keys)
+  step = start_step = 0
+  last, preempted, writer = {}, False, None
+  preempt = preemption.Watcher()
+  try:  # SIGTERM: restore and compile are abandoned; a step in flight ends, then is saved.
+    restored = preemption.interruptible(lambda: ckpt_lib.restore(
+        manager, ckpt_lib.abstract_with_shardings(state, shardings), data_iter,
+        quarantine=True), "restore")
+    if restored is not None:
+      start_step, state, iter_restored = restored
+      step = start_step
+      metrics_lib.log("resumed from step %d in %s", start_step, manager.directory)
+      if not iter_restored:
+        # Grain iterator states are per process: with another process count the input
+        # order restarts, re-seeded with (seed, step) so it does not replay epoch 1.
+        data_iter.close()
+        data_iter = input_lib.DevicePrefetcher(iter(pipeline.make_train_dataset(
+            config.data, local_batch, config.seed + start_step, jax.process_index(),
+            jax.process_count())), mesh, config.data.device_prefetch, train_keys)
+    compiled, _ = preemption.interruptible(
+        lambda: compile_step(config, graphdef, state, shardings, mesh, window), "compile")
+    writer = metrics_lib.MetricWriter(workdir)
+    flops = flops_per_step(config)
+    peak = _peak_flops()
+    plotter = _make_plotter(config, workdir, graphdef, mesh, writer)
 
-  compiled, _ = compile_step(config, graphdef, state, shardings, mesh, window)
-  writer = metrics_lib.MetricWriter(workdir)
-  flops = flops_per_step(config)
-  peak = _peak_flops()
-  plotter = _make_plotter(config, workdir, graphdef, mesh, writer)
-
-  step = start_step
-  last = {}
-  sums, n_summed = None, 0
-  t_log, step_log = time.time(), step
-  try:
-    with _Preemption() as preempt:
+    sums, n_summed = None, 0
+    t_log, step_log = time.time(), step
+    with preempt:
       while step < config.total_steps:
         batch = next(data_iter)
         state, m = compiled(state, batch, jnp.asarray(step, jnp.int32))
@@ -304,13 +278,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         metrics={"loss": loss if np.isfinite(loss) else np.inf}, force=True)
         if stop:
           metrics_lib.log("SIGTERM: saved step %d, exiting", step)
+          preempted = True
           break
+  except preemption.Preempted as e:
+    # Before the first step: the newest checkpoint (if any) already holds everything.
+    metrics_lib.log("%s: stopping; nothing new to save", e)
+    preempted = True
   finally:
     manager.wait_until_finished()
     manager.close()
     data_iter.close()
-    writer.close()
-  return {"step": step, **last}
+    if writer is not None:
+      writer.close()
+  return {"step": step, "preempted": preempted, **last}
 
 
 def _make_plotter(config, workdir, graphdef, mesh, writer):

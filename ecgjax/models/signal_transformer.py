@@ -15,7 +15,7 @@ on a single device use ``with nnx.use_eager_sharding(False):``.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -194,13 +194,67 @@ class Attention(nnx.Module):
     self.value = _dense(width, width, (embed_axis, "heads"), **kw)
     self.out = _dense(width, width, ("heads", embed_axis), **kw)
 
-  def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, mask: "jax.Array | LeadLocal") -> jax.Array:
     b, s, d = x.shape
     split = lambda t: t.reshape(b, s, self.num_heads, d // self.num_heads)
-    q, k, v, mask = _pad_tokens(split(self.query(x)), split(self.key(x)), split(self.value(x)),
-                                mask, self.seq_multiple)
+    q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
+    if isinstance(mask, LeadLocal):
+      y = _lead_local_attention(q, k, v, mask, self._core)
+    else:
+      y = self._core(q, k, v, mask)
+    return self.out(y.reshape(b, s, d))
+
+  def _core(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Masked attention [B, S, H, Dh] through the configured kernel (padded as it needs)."""
+    s = q.shape[1]
+    q, k, v, mask = _pad_tokens(q, k, v, mask, self.seq_multiple)
     y = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.attention_impl)
-    return self.out(y[:, :s].reshape(b, s, d))
+    return y[:, :s]
+
+
+class LeadLocal(NamedTuple):
+  """The local blocks' pattern, run at the cost of per-lead attention (not a dense mask).
+
+  Tokens are ``g`` global tokens then patch tokens. Global queries attend to every valid
+  token (``global_mask`` [B, 1, g, S], one small dense call); patch tokens attend within
+  their lead only, as ``[B*L, n, n]`` attention on the lead-major grid: the full grid is
+  reshaped in place; a subset (MAE's visible tokens) is first scattered to its grid cells
+  ``slots`` [B, K] and gathered back after. ``lead_mask`` [B*L, 1, n, n] keeps absent leads
+  and empty cells out (each such query sees only itself, as in :func:`_attention_mask`).
+  """
+  global_mask: jax.Array
+  lead_mask: jax.Array
+  slots: jax.Array | None = None
+
+
+def _lead_local_attention(q: jax.Array, k: jax.Array, v: jax.Array, pattern: LeadLocal,
+                          core) -> jax.Array:
+  """Local-block attention [B, g+K, H, Dh] with the FLOPs of per-lead attention."""
+  b, _, h, dh = q.shape
+  g = pattern.global_mask.shape[2]
+  bl, _, n, _ = pattern.lead_mask.shape
+  ln = bl // b * n
+  y_global = jax.nn.dot_product_attention(q[:, :g], k, v, mask=pattern.global_mask)
+  qp, kp, vp = q[:, g:], k[:, g:], v[:, g:]
+  if pattern.slots is not None:
+    rows = jnp.arange(b)[:, None]
+    grid = lambda t: jnp.zeros((b, ln, h, dh), t.dtype).at[rows, pattern.slots].set(t)
+    qp, kp, vp = grid(qp), grid(kp), grid(vp)
+  per_lead = lambda t: t.reshape(bl, n, h, dh)
+  yp = core(per_lead(qp), per_lead(kp), per_lead(vp), pattern.lead_mask).reshape(b, ln, h, dh)
+  if pattern.slots is not None:
+    yp = jnp.take_along_axis(yp, pattern.slots[:, :, None, None], axis=1)
+  return jnp.concatenate([y_global.astype(yp.dtype), yp], axis=1)
+
+
+def use_lead_slots(num_leads: int, num_patches: int, num_tokens: int) -> bool:
+  """Whether local blocks over ``num_tokens`` patch tokens run per lead (else dense + mask).
+
+  Per-lead attention costs L*n^2 (every grid cell, used or not); the dense masked form
+  costs K^2 for K tokens. The full grid (K = L*n) always gains L x; MAE's visible subset
+  gains only when K > sqrt(L)*n (for 12 leads: mask ratios below ~0.71).
+  """
+  return num_leads > 1 and num_leads * num_patches**2 < num_tokens**2
 
 
 def _pad_tokens(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, multiple: int
@@ -258,6 +312,20 @@ def _attention_mask(valid: jax.Array, group: jax.Array | None = None,
     mask = mask & same
   mask = mask | jnp.eye(valid.shape[1], dtype=bool)[None]
   return mask[:, None]
+
+
+def _lead_local_pattern(valid: jax.Array, global_mask: jax.Array, num_leads: int, n: int,
+                        visible_idx: jax.Array | None) -> LeadLocal:
+  """LeadLocal for patch tokens of validity ``valid`` [B, K]: the L*n grid, or its
+  ``visible_idx`` cells (the other cells are empty: invalid)."""
+  b = valid.shape[0]
+  cell = valid
+  if visible_idx is not None:
+    rows = jnp.arange(b)[:, None]
+    cell = jnp.zeros((b, num_leads * n), bool).at[rows, visible_idx].set(valid)
+  cell = cell.reshape(b * num_leads, n)
+  mask = (cell[:, :, None] & cell[:, None, :]) | jnp.eye(n, dtype=bool)[None]
+  return LeadLocal(global_mask, mask[:, None], visible_idx)
 
 
 class SignalTransformer(nnx.Module):
@@ -391,8 +459,11 @@ class SignalTransformer(nnx.Module):
 
     # Local blocks: a patch token sees valid tokens of its own lead only (not the global
     # tokens, which would leak other leads); global tokens see every valid token.
-    local_mask = _attention_mask(valid, group, is_global)
     global_mask = _attention_mask(valid)
+    if use_lead_slots(l, n, k):
+      local_mask = _lead_local_pattern(valid[:, g:], global_mask[:, :, :g], l, n, visible_idx)
+    else:
+      local_mask = _attention_mask(valid, group, is_global)
     depth, local = self.cfg.depth, self.cfg.local_depth
     masks = [local_mask] * local + [global_mask] * (depth - local)
     h = self._run_blocks(self.blocks, h, masks)
@@ -447,31 +518,51 @@ def _block_matmul_params(width: int, mlp_dim: int) -> int:
   return 4 * width * width + 2 * width * mlp_dim
 
 
+def attention_flops(cfg: ml_collections.ConfigDict, num_tokens_visible: int,
+                    num_tokens_total: int) -> dict[str, float]:
+  """Training (3x forward) FLOPs of the attention scores and mixing (QK^T, AV), per sample.
+
+  Counts what runs: the local blocks per lead (L*n^2, plus g*S for the global-token
+  queries) when :func:`use_lead_slots` picks it, else the dense S^2; global blocks S^2;
+  the decoder (all ``num_tokens_total`` tokens) S_d^2.
+  """
+  d, g, l = cfg.width, cfg.num_global_tokens, cfg.num_leads
+  n = num_tokens_total // l
+  s_e = num_tokens_visible + g
+  if use_lead_slots(l, n, num_tokens_visible):
+    local = l * n**2 + g * s_e
+  else:
+    local = s_e**2
+  return {"encoder_local": 3 * 4.0 * d * cfg.local_depth * local,
+          "encoder_global": 3 * 4.0 * d * (cfg.depth - cfg.local_depth) * s_e**2,
+          "decoder": 3 * 4.0 * cfg.decoder_width * cfg.decoder_depth * num_tokens_total**2}
+
+
 def flops_per_sample(cfg: ml_collections.ConfigDict, num_tokens_visible: int,
                      num_tokens_total: int, with_decoder: bool) -> float:
   """Training (forward + backward) matmul FLOPs for ONE view of one sample.
 
   Formula (backward = 2x forward, so training = 3x forward):
     dense:      6 * W * S for a weight matrix with W entries applied to S tokens;
-    attention:  12 * S^2 * D per block (QK^T and AV, each 2*S^2*D forward).
+    attention:  what :func:`attention_flops` counts (12 * S^2 * D per dense block).
   Encoder: S_e = num_tokens_visible + num_global_tokens through ``depth`` blocks; the patch
-  embedding runs on all ``num_tokens_total`` grid tokens. Local blocks are counted as dense
-  attention because that is what executes (the lead restriction is a mask). Decoder (when
-  ``with_decoder``): the input projection on the visible tokens, ``decoder_depth`` blocks and
-  the output projection on all ``num_tokens_total`` tokens. The projection head (one token)
-  is always included. Embedding lookups, norms and softmax are ignored. Multiply by the
-  number of views (2 for HL) per training sample. For small/base with 75 of 300 tokens
-  visible this is within 1% of XLA's ``cost_analysis()`` of the same forward + backward.
+  embedding runs on all ``num_tokens_total`` grid tokens. Decoder (when ``with_decoder``):
+  the input projection on the visible tokens, ``decoder_depth`` blocks and the output
+  projection on all ``num_tokens_total`` tokens. The projection head (one token) is always
+  included. Embedding lookups, norms and softmax are ignored. Multiply by the number of
+  views (2 for HL) per training sample. For small/base with 75 of 300 tokens visible this
+  is within 1% of XLA's ``cost_analysis()`` of the same forward + backward.
   """
   d, s_e = cfg.width, num_tokens_visible + cfg.num_global_tokens
+  attn = attention_flops(cfg, num_tokens_visible, num_tokens_total)
   fwd = 2.0 * cfg.patch_size * d * num_tokens_total
   fwd += 2.0 * cfg.depth * _block_matmul_params(d, cfg.mlp_dim) * s_e
-  fwd += 4.0 * cfg.depth * s_e**2 * d
   fwd += 2.0 * (d * cfg.proj_hidden + cfg.proj_hidden * cfg.proj_dim)
+  train = 3.0 * fwd + attn["encoder_local"] + attn["encoder_global"]
   if with_decoder:
     dd, s_d = cfg.decoder_width, num_tokens_total
-    fwd += 2.0 * d * dd * num_tokens_visible
+    fwd = 2.0 * d * dd * num_tokens_visible
     fwd += 2.0 * cfg.decoder_depth * _block_matmul_params(dd, cfg.decoder_mlp_dim) * s_d
-    fwd += 4.0 * cfg.decoder_depth * s_d**2 * dd
     fwd += 2.0 * dd * cfg.patch_size * s_d
-  return 3.0 * fwd
+    train += 3.0 * fwd + attn["decoder"]
+  return train

@@ -1,0 +1,102 @@
+"""Local attention at per-lead cost, checked against the dense masked form it replaces.
+
+The reference is the model's dense path (one [S, S] attention with a lead-group mask),
+forced by switching ``use_lead_slots`` off; the per-lead path (grid reshape, or scatter of
+the visible tokens to their grid cells) must give the same outputs and gradients in fp32,
+with absent leads, on the full grid and on MAE's visible subset.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from ecgjax.models import signal_transformer as st
+from ecgjax.objectives import masking
+
+B, L, P, N = 3, 4, 10, 6  # batch, leads, patch samples, patches per lead.
+
+
+def _model(**kw):
+  cfg = dict(width=32, depth=3, num_heads=2, mlp_dim=64, local_depth=2, decoder_width=16,
+             decoder_depth=1, decoder_heads=2, decoder_mlp_dim=32, proj_hidden=32,
+             proj_dim=8, num_leads=L, patch_size=P, max_patches=N, dtype="float32")
+  cfg.update(kw)
+  with nnx.use_eager_sharding(False):
+    return st.SignalTransformer(st.model_config("tiny", **cfg), rngs=nnx.Rngs(0))
+
+
+def _inputs(mask_ratio):
+  x = jax.random.normal(jax.random.key(1), (B, L, N * P))
+  # Sample 0: every lead; 1: lead 2 absent; 2: leads 0 and 3 absent.
+  lead_mask = jnp.array([[1, 1, 1, 1], [1, 1, 0, 1], [0, 1, 1, 0]], bool)
+  if mask_ratio is None:
+    return x, lead_mask, None
+  idx, _ = masking.multiscale_mask(jax.random.key(2), B, L, N, lead_mask, mask_ratio)
+  return x, lead_mask, idx
+
+
+def _loss_and_grads(model, x, lead_mask, idx, per_lead: bool, monkeypatch):
+  monkeypatch.setattr(st, "use_lead_slots", lambda *a: per_lead)
+  w = jax.random.normal(jax.random.key(3), (B, L * N if idx is None else idx.shape[1], 32))
+
+  def loss(m):
+    tokens, pooled = m.encode(x, lead_mask, idx)
+    return jnp.sum(tokens * w) + jnp.sum(pooled**2), (tokens, pooled)
+
+  (_, (tokens, pooled)), grads = nnx.value_and_grad(loss, has_aux=True)(model)
+  return tokens, pooled, grads
+
+
+@pytest.mark.parametrize("mask_ratio", [None, 0.25, 0.75])
+def test_per_lead_local_attention_equals_dense_masked(monkeypatch, mask_ratio):
+  model = _model()
+  x, lead_mask, idx = _inputs(mask_ratio)
+  ref = _loss_and_grads(model, x, lead_mask, idx, False, monkeypatch)
+  got = _loss_and_grads(model, x, lead_mask, idx, True, monkeypatch)
+  np.testing.assert_allclose(got[0], ref[0], rtol=2e-5, atol=2e-5)
+  np.testing.assert_allclose(got[1], ref[1], rtol=2e-5, atol=2e-5)
+  flat_ref = jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(ref[2]))
+  flat_got = dict(jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(got[2])))
+  assert len(flat_ref) > 20
+  for path, g in flat_ref:
+    np.testing.assert_allclose(flat_got[path], g, rtol=1e-4, atol=1e-5,
+                               err_msg=jax.tree_util.keystr(path))
+
+
+def test_absent_lead_cannot_reach_present_tokens_on_the_per_lead_path():
+  """Garbage in an absent lead changes nothing (the per-lead path is on for the full grid)."""
+  model = _model()
+  x, lead_mask, _ = _inputs(None)
+  assert st.use_lead_slots(L, N, L * N)
+  tokens, pooled = model.encode(x, lead_mask)
+  x2 = x.at[1, 2].set(1e3).at[2, 0].set(-7.0)
+  tokens2, pooled2 = model.encode(x2, lead_mask)
+  present = np.repeat(np.asarray(lead_mask), N, axis=1)
+  np.testing.assert_allclose(np.asarray(tokens2)[present], np.asarray(tokens)[present],
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(pooled2, pooled, rtol=1e-5, atol=1e-6)
+
+
+def test_lead_slots_choice_follows_the_cost():
+  """Per lead L*n^2 vs dense K^2: the full grid always, MAE only below sqrt(L)*n tokens."""
+  assert st.use_lead_slots(12, 50, 600)          # full grid: 30000 < 360000
+  assert not st.use_lead_slots(12, 50, 150)      # 75% masked: 30000 > 22500
+  assert st.use_lead_slots(12, 50, 300)          # 50% masked: 30000 < 90000
+  assert not st.use_lead_slots(1, 50, 50)        # one lead: local is global
+
+
+def test_flops_count_per_lead_attention_where_it_runs():
+  """Local blocks on the full grid count L*n^2 (+ g*S for the global queries), not S^2."""
+  cfg = st.model_config("base", num_leads=12, max_patches=50)
+  d, g, s, local, depth = cfg.width, cfg.num_global_tokens, 600, cfg.local_depth, cfg.depth
+  dense = st.flops_per_sample(cfg, s, s, with_decoder=False)
+  # What the dense mask would have cost on the local blocks, minus what runs instead.
+  saved = 3 * 4.0 * d * local * ((s + g)**2 - (12 * 50**2 + g * (s + g)))
+  legacy = dense + saved
+  assert st.attention_flops(cfg, s, s)["encoder_local"] == 3 * 4.0 * d * local * (
+      12 * 50**2 + g * (s + g))
+  assert legacy / dense > 1.0
+  # 75% masked (150 visible): dense is cheaper, and that is what runs and is counted.
+  k = 150
+  assert st.attention_flops(cfg, k, s)["encoder_local"] == 3 * 4.0 * d * local * (k + g)**2
