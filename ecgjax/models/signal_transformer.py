@@ -94,8 +94,9 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
   if cfg.pos_embed not in ("learned", "sincos"):
     raise ValueError(f"pos_embed must be 'learned' or 'sincos', got {cfg.pos_embed!r}.")
   _remat_policy(cfg.remat)  # Raises on unknown names.
-  if cfg.attention_impl not in (None, "xla", "cudnn"):
-    raise ValueError(f"attention_impl must be None, 'xla' or 'cudnn': {cfg.attention_impl!r}")
+  if cfg.attention_impl not in (None, "xla", "cudnn", "splash"):
+    raise ValueError("attention_impl must be None, 'xla', 'cudnn' or 'splash': "
+                     f"{cfg.attention_impl!r}")
   if cfg.attention_impl == "cudnn":
     problem = _cudnn_problem(cfg)
     if problem:
@@ -118,15 +119,19 @@ def _cudnn_problem(cfg: ml_collections.ConfigDict) -> str | None:
 
 
 def resolve_attention(cfg: ml_collections.ConfigDict) -> str:
-  """``attention_impl`` as run: None picks cuDNN on GPUs where it applies, else XLA.
+  """``attention_impl`` as run: None picks cuDNN on GPUs where it applies, Pallas splash
+  attention on TPUs, else XLA.
 
   On one H100 (base, 10 s ECGs, HL step) cuDNN's fused kernel ran 2.2x the samples/s of
-  XLA's and fit twice the batch (benchmarks/README.md), since XLA keeps every [S, S] score.
+  XLA's and fit twice the batch (benchmarks/README.md), since XLA keeps every [S, S] score;
+  splash is the TPU counterpart (flash attention with block-sparse masks).
   """
   if cfg.attention_impl:
     return cfg.attention_impl
   if jax.default_backend() == "gpu" and _cudnn_problem(cfg) is None:
     return "cudnn"
+  if jax.default_backend() == "tpu":
+    return "splash"
   return "xla"
 
 
@@ -188,7 +193,7 @@ class Attention(nnx.Module):
     self.attention_impl = attention_impl
     # cuDNN's training kernel with a mask (an additive bias) needs an even token count;
     # tiles of 64 also keep its blocks full. XLA's path takes any length.
-    self.seq_multiple = 64 if attention_impl == "cudnn" else 1
+    self.seq_multiple = 64 if attention_impl == "cudnn" else 1  # (splash pads on its own.)
     self.query = _dense(width, width, (embed_axis, "heads"), **kw)
     self.key = _dense(width, width, (embed_axis, "heads"), **kw)
     self.value = _dense(width, width, (embed_axis, "heads"), **kw)
@@ -199,13 +204,15 @@ class Attention(nnx.Module):
     split = lambda t: t.reshape(b, s, self.num_heads, d // self.num_heads)
     q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
     if isinstance(mask, LeadLocal):
-      y = _lead_local_attention(q, k, v, mask, self._core)
+      y = _lead_local_attention(q, k, v, mask, self._core, self.attention_impl == "splash")
     else:
       y = self._core(q, k, v, mask)
     return self.out(y.reshape(b, s, d))
 
   def _core(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
     """Masked attention [B, S, H, Dh] through the configured kernel (padded as it needs)."""
+    if self.attention_impl == "splash":
+      return splash_attention(q, k, v, segment_ids(mask))
     s = q.shape[1]
     q, k, v, mask = _pad_tokens(q, k, v, mask, self.seq_multiple)
     y = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.attention_impl)
@@ -228,8 +235,13 @@ class LeadLocal(NamedTuple):
 
 
 def _lead_local_attention(q: jax.Array, k: jax.Array, v: jax.Array, pattern: LeadLocal,
-                          core) -> jax.Array:
-  """Local-block attention [B, g+K, H, Dh] with the FLOPs of per-lead attention."""
+                          core, splash: bool = False) -> jax.Array:
+  """Local-block attention [B, g+K, H, Dh] with the FLOPs of per-lead attention.
+
+  ``splash``: the grid stays [B, L*n] (reshaping would pad every lead to splash's
+  128-token blocks) and the per-lead pattern is splash's static block-diagonal mask, whose
+  empty blocks the kernel skips; segment ids keep absent leads and empty cells out.
+  """
   b, _, h, dh = q.shape
   g = pattern.global_mask.shape[2]
   bl, _, n, _ = pattern.lead_mask.shape
@@ -240,11 +252,61 @@ def _lead_local_attention(q: jax.Array, k: jax.Array, v: jax.Array, pattern: Lea
     rows = jnp.arange(b)[:, None]
     grid = lambda t: jnp.zeros((b, ln, h, dh), t.dtype).at[rows, pattern.slots].set(t)
     qp, kp, vp = grid(qp), grid(kp), grid(vp)
-  per_lead = lambda t: t.reshape(bl, n, h, dh)
-  yp = core(per_lead(qp), per_lead(kp), per_lead(vp), pattern.lead_mask).reshape(b, ln, h, dh)
+  if splash:
+    l = bl // b
+    seg = segment_ids(pattern.lead_mask).reshape(b, l, n) + n * jnp.arange(l)[:, None]
+    blocks = np.kron(np.eye(l, dtype=bool), np.ones((n, n), bool))
+    yp = splash_attention(qp, kp, vp, seg.reshape(b, ln), blocks)
+  else:
+    per_lead = lambda t: t.reshape(bl, n, h, dh)
+    yp = core(per_lead(qp), per_lead(kp), per_lead(vp), pattern.lead_mask).reshape(b, ln, h, dh)
   if pattern.slots is not None:
     yp = jnp.take_along_axis(yp, pattern.slots[:, :, None, None], axis=1)
   return jnp.concatenate([y_global.astype(yp.dtype), yp], axis=1)
+
+
+_SPLASH_BLOCK = 128  # TPU tile: sequence blocks of splash attention.
+
+
+def segment_ids(mask: jax.Array) -> jax.Array:
+  """[B, S] ids with mask[i, j] == (id[i] == id[j]) for a [B, 1, S, S] equivalence mask.
+
+  Every mask of the model's ``_core`` calls is one (validity and lead groups, diagonal
+  on): the id of a token is its first visible key. The local blocks' global-token rows
+  are not, which is why they run through :class:`LeadLocal` with splash.
+  """
+  return jnp.argmax(mask[:, 0], axis=-1).astype(jnp.int32)
+
+
+def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, seg: jax.Array,
+                     static_mask: np.ndarray | None = None) -> jax.Array:
+  """Pallas splash attention (TPU; Pallas interpret mode elsewhere) on [B, S, H, Dh].
+
+  Token i attends to j when ``seg[i] == seg[j]`` and ``static_mask[i, j]`` (block-sparse:
+  all-False 128x128 blocks are skipped). S is padded to the block size; padded tokens get
+  their own segments. The kernel is built per call at trace time (the mask is static).
+  """
+  from jax.experimental.pallas.ops.tpu import splash_attention as sa  # pylint: disable=g-import-not-at-top
+  b, s, h, dh = q.shape
+  pad = -s % _SPLASH_BLOCK
+  sp = s + pad
+  static = np.ones((s, s), bool) if static_mask is None else np.asarray(static_mask, bool)
+  static = np.pad(static, ((0, pad), (0, pad))) | np.eye(sp, dtype=bool)
+  seg = jnp.concatenate([seg, jnp.broadcast_to(sp + jnp.arange(pad, dtype=jnp.int32),
+                                               (b, pad))], axis=1)
+  heads_first = lambda t: jnp.pad(t, ((0, 0), (0, pad), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
+  # splash does not scale the logits.
+  q, k, v = heads_first(q * (dh ** -0.5)), heads_first(k), heads_first(v)
+  blk = min(_SPLASH_BLOCK, sp)
+  sizes = sa.BlockSizes(block_q=blk, block_kv=blk, block_kv_compute=blk, block_q_dkv=blk,
+                        block_kv_dkv=blk, block_kv_dkv_compute=blk, block_q_dq=blk,
+                        block_kv_dq=blk)
+  kernel = sa.make_splash_mha_single_device(
+      mask=sa.MultiHeadMask([sa.NumpyMask(static)] * h), block_sizes=sizes,
+      interpret=jax.default_backend() != "tpu")
+  out = jax.vmap(lambda q, k, v, sg: kernel(q, k, v, segment_ids=sa.SegmentIds(sg, sg)))(
+      q, k, v, seg)
+  return out.transpose(0, 2, 1, 3)[:, :s].astype(v.dtype)
 
 
 def use_lead_slots(num_leads: int, num_patches: int, num_tokens: int) -> bool:
@@ -460,7 +522,7 @@ class SignalTransformer(nnx.Module):
     # Local blocks: a patch token sees valid tokens of its own lead only (not the global
     # tokens, which would leak other leads); global tokens see every valid token.
     global_mask = _attention_mask(valid)
-    if use_lead_slots(l, n, k):
+    if use_lead_slots(l, n, k) or resolve_attention(self.cfg) == "splash":
       local_mask = _lead_local_pattern(valid[:, g:], global_mask[:, :, :g], l, n, visible_idx)
     else:
       local_mask = _attention_mask(valid, group, is_global)
