@@ -156,3 +156,18 @@ def test_default_attention_is_splash_on_tpu(monkeypatch):
   assert st.resolve_attention(cfg) == "splash"
   monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
   assert st.resolve_attention(cfg) == "xla"
+
+
+def test_splash_flops_count_the_blocks_it_computes(monkeypatch):
+  """12 leads x 50 patches: 600 tokens pad to 640 = 5x5 blocks of 128; leads of 50 tokens
+  touch 13 of them (the diagonal 5, and 8 where a lead crosses a block edge)."""
+  cfg = st.model_config("base", num_leads=12, max_patches=50, attention_impl="splash")
+  d, local = cfg.width, cfg.local_depth
+  got = st.attention_flops(cfg, 600, 600)
+  blocks = np.kron(np.eye(12, dtype=bool), np.ones((50, 50), bool))
+  blocks = np.pad(blocks, ((0, 40), (0, 40))) | np.eye(640, dtype=bool)
+  used = sum(blocks[i:i + 128, j:j + 128].any() for i in range(0, 640, 128)
+             for j in range(0, 640, 128))
+  assert used == 13
+  assert got["encoder_local"] == 3 * 4.0 * d * local * (13 * 128**2 + 601)
+  assert got["encoder_global"] == 3 * 4.0 * d * (cfg.depth - local) * 640**2
