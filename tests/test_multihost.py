@@ -82,7 +82,7 @@ def _launch(workdir, shards, *extra, probe_at_end=False):
   env.pop("JAX_COMPILATION_CACHE_DIR", None)
   out = subprocess.run(["bash", os.path.join(ROOT, "launch.sh"), "--local", "2",
                         "--devices_per_process", "2", *extra, "--", *args],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
   assert out.returncode == 0, (out.stderr[-3000:], out.stdout[-6000:])
   return out
 
