@@ -83,15 +83,20 @@ def train_step(graphdef, state, batch: dict[str, jax.Array], step: jax.Array, *,
   else:
     micro = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), views)
     keys = jax.random.split(k_loss, accum)
+    # The scan body may not close over the nnx model (a graph node of the outer trace):
+    # differentiate a pure function of the params instead.
+    model_def, params, rest = nnx.split(model, nnx.Param, ...)
+    grad_fn = jax.value_and_grad(
+        lambda p, v, k: loss_on(nnx.merge(model_def, p, rest), v, k), has_aux=True)
 
     def body(carry, xs):
       g_sum, l_sum, a_sum = carry
-      (l, a), g = grad_fn(model, xs[0], xs[1])
+      (l, a), g = grad_fn(params, xs[0], xs[1])
       return (jax.tree.map(jnp.add, g_sum, g), l_sum + l,
               jax.tree.map(jnp.add, a_sum, a)), None
 
     zeros_g = jax.tree.map(jnp.zeros_like, nnx.state(model, nnx.Param))
-    (_, aux0), _ = jax.eval_shape(grad_fn, model, jax.tree.map(lambda x: x[0], micro), keys[0])
+    (_, aux0), _ = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro), keys[0])
     zeros_a = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux0)
     (grads, loss, aux), _ = jax.lax.scan(body, (zeros_g, 0.0, zeros_a), (micro, keys))
     grads = jax.tree.map(lambda g: g / accum, grads)
