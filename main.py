@@ -15,6 +15,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from ecgjax import preemption
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:variant]).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
@@ -109,6 +111,7 @@ def _override_error(argv: list[str]) -> str | None:
 
 def main(argv) -> None:
   del argv
+  preemption.install()  # first: a preemption notice can arrive while JAX starts.
   logging.getLogger().setLevel(logging.INFO)
   if not _LIBRARY_LOGS.value:
     for handler in logging.getLogger().handlers:
@@ -119,6 +122,9 @@ def main(argv) -> None:
   _initialize_distributed()
   try:
     _run_job(config)
+  except preemption.Preempted as e:
+    logging.info("%s: stopped cleanly (training state is checkpointed)", e)
+    _exit_now_if_multiprocess(status=0, log=False)
   except Exception as e:  # pylint: disable=broad-except
     if _VERBOSE.value or not _is_user_error(e):
       _exit_now_if_multiprocess()
@@ -134,7 +140,7 @@ def main(argv) -> None:
 
 
 def _exit_now_if_multiprocess(status: int = 1, log: bool = True) -> None:
-  """After a failure in one of several processes, exit at once with ``status``.
+  """After a failure (or preemption) in one of several processes, exit at once with ``status``.
 
   A normal exit runs jax.distributed.shutdown, which waits (minutes) for the other
   processes; they are blocked in a collective with this one, so the job would hang
@@ -154,12 +160,7 @@ def _run_job(config) -> None:
   if job == "pretrain":
     if not _WORKDIR.value:
       raise app.UsageError("--workdir is required for pretraining")
-    from ecgjax import train  # pylint: disable=g-import-not-at-top
-    result = train.train_and_evaluate(config, _WORKDIR.value)
-    if config.get("probe_at_end"):
-      from ecgjax.evaluation import probe  # pylint: disable=g-import-not-at-top
-      probe.demo_summary(config, _WORKDIR.value)
-    logging.info("done: %s", result)
+    pretrain(config, _WORKDIR.value)
   elif job == "probe":
     from ecgjax.evaluation import probe  # pylint: disable=g-import-not-at-top
     probe.run(config, _WORKDIR.value)
@@ -174,6 +175,21 @@ def _run_job(config) -> None:
     export.run(config)
   else:
     raise app.UsageError(f"config.job={job!r}; expected pretrain, probe, finetune, tasks or export")
+
+
+def pretrain(config, workdir: str) -> dict:
+  """Trains; then, unless preempted, the end-of-run probe (which a SIGTERM cuts short)."""
+  from ecgjax import train  # pylint: disable=g-import-not-at-top
+  result = train.train_and_evaluate(config, workdir)
+  if result.get("preempted"):
+    logging.info("preempted at step %d: saved; skipping the end-of-run jobs", result["step"])
+    return result
+  if config.get("probe_at_end"):
+    from ecgjax.evaluation import probe  # pylint: disable=g-import-not-at-top
+    with preemption.abort_on_sigterm():
+      probe.demo_summary(config, workdir)
+  logging.info("done: %s", result)
+  return result
 
 
 if __name__ == "__main__":

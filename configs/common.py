@@ -99,6 +99,9 @@ def base(arg: str | None = None) -> ml_collections.ConfigDict:
       "norm_target": True,
   })
 
+  # grad_accum=k splits each global batch into k micro-batches whose gradients are summed:
+  # NT-Xent draws its negatives from each micro-batch (global_batch/k samples), not from the
+  # whole global batch (tests/test_train.py checks it).
   c.optim = ml_collections.ConfigDict({
       "lr": 1.5e-4 * 256 / 256, "warmup_steps": 2000, "min_lr_ratio": 0.01,
       "weight_decay": 0.05, "b1": 0.9, "b2": 0.95, "clip_norm": 1.0, "grad_accum": 1,

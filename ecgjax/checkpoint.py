@@ -23,6 +23,7 @@ from typing import Any
 import crc32c
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
@@ -35,6 +36,10 @@ _RETRY_BACKOFF_S = 2.0
 
 class CheckpointError(IOError):
   """A checkpoint is unreadable, fails its integrity seal, or could not be written."""
+
+
+class RestoreConsensusError(CheckpointError):
+  """A process cannot restore the step process 0 chose (no process resumes on its own)."""
 
 
 class WorkdirError(OSError):
@@ -246,53 +251,97 @@ def _iter_state_file(manager: ocp.CheckpointManager, step: int) -> str:
                       f"process_{jax.process_index()}-of-{jax.process_count()}.json")
 
 
+def _broadcast_from_0(value: int) -> int:
+  """Process 0's ``value`` on every process (the restore consensus)."""
+  if jax.process_count() == 1:
+    return value
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return int(multihost_utils.broadcast_one_to_all(np.asarray(value, np.int64)))
+
+
+def _check_seal(manager: ocp.CheckpointManager, s: int) -> str | None:
+  """None if step ``s`` passes its seal (or has none), else why not."""
+  path = step_dir(manager, s)
+  try:
+    if not verify(path) and _is_local(path):
+      logging.warning("checkpoint %s has no %s (older version, or killed while sealing): "
+                      "restoring it on Orbax's own checks", path, INTEGRITY_FILE)
+    return None
+  except Exception as e:  # pylint: disable=broad-except
+    logging.error("checkpoint %s is unreadable (%s: %s); falling back to an older one",
+                  path, type(e).__name__, e)
+    return f"{path}: {type(e).__name__}: {e}"
+
+
 def restore(manager: ocp.CheckpointManager, abstract_state: Any,
             data_iter: grain.DatasetIterator | None,
             step: int | None = None,
             quarantine: bool = False) -> tuple[int, Any, bool] | None:
-  """Restores ``step`` (default: the latest readable one) into ``abstract_state``.
+  """Restores ``step`` (default: the newest readable one) into ``abstract_state``.
 
   Returns (step, state, iterator_restored) or None when there is no checkpoint. The
   shardings inside ``abstract_state`` decide the layout, so any mesh works. ``data_iter``
   is restored in place when this process count saved a state for it; otherwise (the job
   was restarted with another process count) only the model is restored and the caller
-  decides how to continue the input. A step that fails its seal or Orbax's restore
-  (truncated, bit-flipped, half-deleted) is reported with its path and the previous step
-  is tried; if none is readable this raises CheckpointError rather than start over.
-  ``quarantine`` (the trainer, which will write those step numbers again) moves the
-  unreadable newer steps to ``<dir>_unreadable/``; readers (export, probe) leave them.
+  decides how to continue the input.
+
+  Consensus: process 0 alone chooses the step (the newest whose seal verifies; a step that
+  fails it is reported with its path and the previous one is tried) and broadcasts it;
+  every process restores that step. With several processes, one that cannot restore it
+  raises RestoreConsensusError (the job fails; processes never resume from different
+  steps). A single process also falls back past a step Orbax itself cannot read. If no
+  step is readable this raises CheckpointError rather than start over. ``quarantine`` (the
+  trainer, which will write those step numbers again) moves the unreadable newer steps to
+  ``<dir>_unreadable/``; readers (export, probe) leave them.
   """
-  steps = sorted(manager.all_steps(), reverse=True) if step is None else [step]
-  failures = []
-  for s in steps:
-    path = step_dir(manager, s)
+  candidates = sorted(manager.all_steps(), reverse=True) if step is None else [step]
+  failures, next_candidate = [], 0
+  while True:
+    chosen = -1
+    if jax.process_index() == 0:
+      while next_candidate < len(candidates) and chosen < 0:
+        s = candidates[next_candidate]
+        next_candidate += 1
+        why = _check_seal(manager, s)
+        if why is None:
+          chosen = s
+        elif step is not None:
+          raise CheckpointError(why)
+        else:
+          failures.append((step_dir(manager, s), why))
+    chosen = _broadcast_from_0(chosen)
+    if chosen < 0:
+      break
+    path = step_dir(manager, chosen)
     items = {"state": ocp.args.StandardRestore(abstract_state)}
-    with_iter = data_iter is not None and os.path.exists(_iter_state_file(manager, s))
+    with_iter = data_iter is not None and os.path.exists(_iter_state_file(manager, chosen))
     if with_iter:
       items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
     try:
-      if not verify(path) and _is_local(path):
-        logging.warning("checkpoint %s has no %s (older version, or killed while sealing): "
-                        "restoring it on Orbax's own checks", path, INTEGRITY_FILE)
-      restored = manager.restore(s, args=ocp.args.Composite(**items))
+      restored = manager.restore(chosen, args=ocp.args.Composite(**items))
     except Exception as e:  # pylint: disable=broad-except
-      logging.error("checkpoint %s is unreadable (%s: %s); falling back to an older one",
-                    path, type(e).__name__, e)
+      if jax.process_count() > 1:
+        raise RestoreConsensusError(
+            f"process {jax.process_index()} of {jax.process_count()} cannot restore step "
+            f"{chosen} ({path}), the step process 0 chose: {type(e).__name__}: {e}") from e
       if step is not None:
         raise
+      logging.error("checkpoint %s is unreadable (%s: %s); falling back to an older one",
+                    path, type(e).__name__, e)
       failures.append((path, f"{path}: {type(e).__name__}: {e}"))
       continue
+    logging.info("restoring step %d, chosen by process 0 of %d", chosen, jax.process_count())
     if failures:
       logging.warning("resuming from %s, skipped %d unreadable newer checkpoint(s)", path,
                       len(failures))
-      if quarantine:
-        _quarantine(manager, [p for p, _ in failures])
+    if quarantine and _broadcast_from_0(len(failures)):
+      _quarantine(manager, [p for p, _ in failures])
     if data_iter is not None and not with_iter:
       logging.warning("checkpoint %d has no data-iterator state for %d processes "
-                      "(saved with another process count): restored the model only", s,
+                      "(saved with another process count): restored the model only", chosen,
                       jax.process_count())
-    return s, restored["state"], with_iter
-  if failures:
+    return chosen, restored["state"], with_iter
+  if _broadcast_from_0(len(failures)):
     # Starting from scratch beside unreadable checkpoints would silently drop the run.
     raise CheckpointError(f"no readable checkpoint in {manager.directory}:\n  " +
                           "\n  ".join(m for _, m in failures))
@@ -305,14 +354,16 @@ def _quarantine(manager: ocp.CheckpointManager, paths: list[str]) -> None:
   The resumed run will save those step numbers again, which Orbax refuses while the
   broken directories are still there.
   """
-  if jax.process_index() != 0:
-    return
-  dest_dir = str(manager.directory).rstrip("/") + "_unreadable"
-  os.makedirs(dest_dir, exist_ok=True)
-  for path in paths:
-    dest = os.path.join(dest_dir, f"{os.path.basename(path)}-{time.strftime('%Y%m%d-%H%M%S')}")
-    os.replace(path, dest)
-    logging.warning("moved unreadable checkpoint %s to %s", path, dest)
+  if jax.process_index() == 0:
+    dest_dir = str(manager.directory).rstrip("/") + "_unreadable"
+    os.makedirs(dest_dir, exist_ok=True)
+    for path in paths:
+      dest = os.path.join(dest_dir, f"{os.path.basename(path)}-{time.strftime('%Y%m%d-%H%M%S')}")
+      os.replace(path, dest)
+      logging.warning("moved unreadable checkpoint %s to %s", path, dest)
+  if jax.process_count() > 1:  # every process must stop listing the moved steps.
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices("ecgjax_quarantine")
   manager.reload()
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import jax
 
 from ecgjax import sharding
+from ecgjax.data import source as source_lib
 
 
 class DevicePrefetcher:
@@ -72,12 +73,18 @@ class DevicePrefetcher:
 
   # grain.checkpoint.CheckpointSave/Restore treat non-DatasetIterator items like the
   # DataLoader iterator: state as JSON bytes, then start_prefetch() after a restore.
+  # The records skipped as corrupt so far ride along, so the count survives a resume.
   def get_state(self) -> bytes:
-    return json.dumps(self._state).encode()
+    return json.dumps({"grain": self._state,
+                       "skipped_records": source_lib.skipped_ids()}).encode()
 
   def set_state(self, state: bytes) -> None:
     self.close()
-    self._state = json.loads(state)
+    state = json.loads(state)
+    if isinstance(state, dict) and "grain" in state:  # older checkpoints: the grain state only.
+      source_lib.restore_skipped(state.get("skipped_records", {}))
+      state = state["grain"]
+    self._state = state
     self._it.set_state(self._state)
     self._start()
 

@@ -10,10 +10,7 @@ exactly what an uninterrupted one would have done.
 from __future__ import annotations
 
 import functools
-import logging
 import os
-import signal
-import threading
 import time
 from typing import Any
 
@@ -30,6 +27,7 @@ from ecgjax import config_validation
 from ecgjax import demo_data
 from ecgjax import input as input_lib
 from ecgjax import metrics as metrics_lib
+from ecgjax import preemption
 from ecgjax import sharding
 from ecgjax import state as state_lib
 from ecgjax.data import augment
@@ -78,15 +76,21 @@ def loss_and_grads(model, views: dict[str, jax.Array], key: jax.Array, config):
     return grad_fn(model, views, key)
   micro = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), views)
   keys = jax.random.split(key, accum)
+  # The scan body may not close over the nnx model (a graph node of the outer trace):
+  # differentiate a pure function of the params instead.
+  model_def, params, rest = nnx.split(model, nnx.Param, ...)
+  param_grad_fn = jax.value_and_grad(
+      lambda p, v, k: loss_on(nnx.merge(model_def, p, rest), v, k), has_aux=True)
 
   def body(carry, xs):
     g_sum, l_sum, a_sum = carry
-    (l, a), g = grad_fn(model, xs[0], xs[1])
+    (l, a), g = param_grad_fn(params, xs[0], xs[1])
     return (jax.tree.map(jnp.add, g_sum, g), l_sum + l,
             jax.tree.map(jnp.add, a_sum, a)), None
 
-  zeros_g = jax.tree.map(jnp.zeros_like, nnx.state(model, nnx.Param))
-  (_, aux0), _ = jax.eval_shape(grad_fn, model, jax.tree.map(lambda x: x[0], micro), keys[0])
+  zeros_g = jax.tree.map(jnp.zeros_like, params)
+  (_, aux0), _ = jax.eval_shape(param_grad_fn, params, jax.tree.map(lambda x: x[0], micro),
+                                keys[0])
   zeros_a = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux0)
   (grads, loss, aux), _ = jax.lax.scan(body, (zeros_g, 0.0, zeros_a), (micro, keys))
   grads = jax.tree.map(lambda g: g / accum, grads)
@@ -141,38 +145,6 @@ def _accumulate(sums: dict[str, jax.Array] | None, m: dict[str, jax.Array]) -> d
   return out
 
 
-class _Preemption:
-  """SIGTERM -> set a flag; the loop saves a checkpoint and exits cleanly."""
-
-  def __init__(self):
-    self.requested = threading.Event()
-    self._old = None
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      self._old = signal.signal(signal.SIGTERM, lambda *_: self.requested.set())
-    return self
-
-  def __exit__(self, *_):
-    if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
-
-  def should_stop(self, step: int, every: int) -> bool:
-    """Whether every process stops after ``step``.
-
-    Saving is a collective, so all processes must agree even when only some got SIGTERM:
-    with several processes the flags are all-gathered every ``every`` steps (the same
-    steps on all of them); a single process checks every step.
-    """
-    if jax.process_count() == 1:
-      return self.requested.is_set()
-    if step % every:
-      return False
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    flags = multihost_utils.process_allgather(np.asarray(self.requested.is_set(), np.int32))
-    return bool(np.asarray(flags).any())
-
-
 def _peak_flops() -> float | None:
   kind = jax.devices()[0].device_kind
   for name, peak in PEAK_FLOPS.items():
@@ -217,7 +189,12 @@ def flops_per_step(config) -> float:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains (resuming from workdir if possible); returns the final metrics."""
+  """Trains (resuming from workdir if possible); returns the final metrics.
+
+  ``result["preempted"]``: a SIGTERM stopped the job (after saving); callers skip any
+  end-of-run work.
+  """
+  preemption.install()  # before anything slow: notices arrive during startup too.
   config_validation.validate(config)
   ckpt_lib.check_workdir(workdir)
   demo_data.resolve_data_path(config, workdir)
@@ -246,33 +223,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                          train_keys)
 
   manager = ckpt_lib.make_manager(os.path.join(workdir, "checkpoints"), config)
-  start_step = 0
-  restored = ckpt_lib.restore(manager, ckpt_lib.abstract_with_shardings(state, shardings),
-                              data_iter, quarantine=True)
-  if restored is not None:
-    start_step, state, iter_restored = restored
-    metrics_lib.log("resumed from step %d in %s", start_step, manager.directory)
-    if not iter_restored:
-      # Grain iterator states are per process: with another process count the input
-      # order restarts, re-seeded with (seed, step) so it does not replay epoch 1.
-      data_iter.close()
-      data_iter = input_lib.DevicePrefetcher(iter(pipeline.make_train_dataset(
-          config.data, local_batch, config.seed + start_step, jax.process_index(),
-          jax.process_count())), mesh, config.data.device_prefetch, train_keys)
-
-  compiled, _ = compile_step(config, graphdef, state, shardings, mesh, window)
-  writer = metrics_lib.MetricWriter(workdir)
-  flops = flops_per_step(config)
-  peak = _peak_flops()
-  plotter = _make_plotter(config, workdir, graphdef, mesh, writer)
-
-  step = start_step
-  last = {}
-  sums, n_summed = None, 0
-  t_log, step_log = time.time(), step
+  step = start_step = 0
+  last, preempted, writer = {}, False, None
   t_final = None  # when the last checkpoint save began (logged with its duration).
-  try:
-    with _Preemption() as preempt:
+  preempt = preemption.Watcher()
+  try:  # SIGTERM: restore and compile are abandoned; a step in flight ends, then is saved.
+    restored = preemption.interruptible(lambda: ckpt_lib.restore(
+        manager, ckpt_lib.abstract_with_shardings(state, shardings), data_iter,
+        quarantine=True), "restore")
+    if restored is not None:
+      start_step, state, iter_restored = restored
+      step = start_step
+      metrics_lib.log("resumed from step %d in %s", start_step, manager.directory)
+      if not iter_restored:
+        # Grain iterator states are per process: with another process count the input
+        # order restarts, re-seeded with (seed, step) so it does not replay epoch 1.
+        data_iter.close()
+        data_iter = input_lib.DevicePrefetcher(iter(pipeline.make_train_dataset(
+            config.data, local_batch, config.seed + start_step, jax.process_index(),
+            jax.process_count())), mesh, config.data.device_prefetch, train_keys)
+    compiled, _ = preemption.interruptible(
+        lambda: compile_step(config, graphdef, state, shardings, mesh, window), "compile")
+    writer = metrics_lib.MetricWriter(workdir)
+    flops = flops_per_step(config)
+    peak = _peak_flops()
+    plotter = _make_plotter(config, workdir, graphdef, mesh, writer)
+
+    sums, n_summed = None, 0
+    t_log, step_log = time.time(), step
+    with preempt:
       while step < config.total_steps:
         batch = next(data_iter)
         state, m = compiled(state, batch, jnp.asarray(step, jnp.int32))
@@ -317,15 +296,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         metrics={"loss": loss if np.isfinite(loss) else np.inf}, force=True)
         if stop:
           metrics_lib.log("SIGTERM: saved step %d, exiting", step)
+          preempted = True
           break
+  except preemption.Preempted as e:
+    # Before the first step: the newest checkpoint (if any) already holds everything.
+    metrics_lib.log("%s: stopping; nothing new to save", e)
+    preempted = True
   finally:
     manager.wait_until_finished()
     if t_final is not None:
       metrics_lib.log("final checkpoint saved in %.1fs", time.time() - t_final)
     manager.close()
     data_iter.close()
-    writer.close()
-  return {"step": step, **last}
+    if writer is not None:
+      writer.close()
+  return {"step": step, "preempted": preempted, **last}
 
 
 def _make_plotter(config, workdir, graphdef, mesh, writer):

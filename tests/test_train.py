@@ -126,3 +126,27 @@ def test_kill9_resume_is_bitwise_identical_then_restore_on_4_devices(synthetic_s
   c = export.load_params(str(killed / "export"))
   assert any(not np.array_equal(b[k], c[k]) for k in b)
   assert all(np.all(np.isfinite(v)) for v in c.values())
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_grad_accum_draws_nt_xent_negatives_from_each_micro_batch(synthetic_shards, monkeypatch,
+                                                                   accum):
+  """What configs/common.py documents: with grad_accum=k, NT-Xent sees global_batch/k samples."""
+  import functools
+  from ecgjax.objectives import contrastive
+  seen = []
+  original = contrastive.nt_xent_with_metrics
+
+  def spy(z1, z2, temperature):
+    seen.append(z1.shape[0])
+    return original(z1, z2, temperature)
+  monkeypatch.setattr(contrastive, "nt_xent_with_metrics", spy)
+  cfg = micro_config(synthetic_shards)
+  cfg.optim.grad_accum = accum
+  mesh = sharding.make_mesh(cfg.mesh)
+  graphdef, state, _, _ = state_lib.create_state(cfg, mesh)
+  window = train.window_config(cfg)
+  batch = pipeline.random_batch(window, cfg.global_batch)
+  jax.eval_shape(functools.partial(train.train_step, graphdef, config=cfg, window=window),
+                 state, batch, jnp.asarray(0, jnp.int32))
+  assert seen and set(seen) == {cfg.global_batch // accum}, seen

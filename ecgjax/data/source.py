@@ -11,13 +11,16 @@ starts is caught by the index check).
 
 With ``skip_corrupt`` a bad record (CRC, truncated frame), a truncated shard or a shard
 missing from the directory is skipped and counted instead of stopping the job. grain runs
-the source in worker processes, so the count is kept in one small file per process under
-a directory made by the process that built the source; :func:`skipped_records` sums them
-(the trainer logs it as ``skipped_records``).
+the source in worker processes, so the skipped record ids are kept in one small file per
+process under a directory made by the process that built the source; :func:`skipped_records`
+counts their union (the trainer logs it as ``skipped_records``): each bad record once per
+run, however often it is read. The ids travel in the checkpoint's data-iterator state
+(:class:`ecgjax.input.DevicePrefetcher`), so the count survives a resume.
 """
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import mmap
 import os
@@ -32,46 +35,52 @@ from ecgjax.data import tfrecord
 
 
 class _SkipCounter:
-  """Skipped-record count shared by the processes that read one source (see module doc)."""
+  """Skipped records of one source, shared by the processes that read it (see module doc).
+
+  Each skip is recorded under an id (``DIR:split/index``, or ``SHARD:missing`` for a
+  missing shard, weighted by its record count), so a bad record read again in a later epoch, or
+  by another worker, is counted once.
+  """
 
   def __init__(self):
     self.dir = tempfile.mkdtemp(prefix="ecgjax_skipped_")
     self._owner = os.getpid()
-    self._pid, self._count = self._owner, 0
+    self._pid, self._ids = self._owner, {}
     _COUNTERS.append(self)
     atexit.register(self.cleanup)
 
   def __getstate__(self):
-    return {"dir": self.dir, "_owner": self._owner, "_pid": None, "_count": 0}
+    return {"dir": self.dir, "_owner": self._owner, "_pid": None, "_ids": {}}
 
-  def add(self, n: int = 1) -> int:
-    """Adds to this process's count (skips are rare: a file rewrite each is fine)."""
-    if self._pid != os.getpid():  # a forked or spawned worker starts its own count.
-      self._pid, self._count = os.getpid(), 0
-    self._count += n
-    path = os.path.join(self.dir, str(self._pid))
-    try:
-      with open(path + ".tmp", "w") as f:
-        f.write(str(self._count))
-      os.replace(path + ".tmp", path)
-    except OSError as e:  # counting must never stop the job.
-      logging.warning("could not record a skipped-record count in %s: %s", self.dir, e)
-    return self._count
+  def add(self, record_id: str, weight: int = 1) -> int:
+    """Records a skip (a rewrite of a small file each: skips are rare); returns the total."""
+    if self._pid != os.getpid():  # a forked or spawned worker starts its own file.
+      self._pid, self._ids = os.getpid(), {}
+    if record_id not in self._ids:
+      self._ids[record_id] = int(weight)
+      path = os.path.join(self.dir, f"{self._pid}.json")
+      try:
+        with open(path + ".tmp", "w") as f:
+          json.dump(self._ids, f)
+        os.replace(path + ".tmp", path)
+      except OSError as e:  # counting must never stop the job.
+        logging.warning("could not record a skipped record in %s: %s", self.dir, e)
+    return skipped_records()
 
-  def total(self) -> int:
-    n = 0
+  def ids(self) -> dict[str, int]:
+    out = {}
     try:
       names = os.listdir(self.dir)
     except OSError:
-      return 0
+      return out
     for name in names:
-      if name.isdigit():
+      if name.endswith(".json"):
         try:
           with open(os.path.join(self.dir, name)) as f:
-            n += int(f.read() or 0)
+            out.update(json.load(f))
         except (OSError, ValueError):
           pass
-    return n
+    return out
 
   def cleanup(self) -> None:
     if os.getpid() == self._owner:
@@ -79,11 +88,25 @@ class _SkipCounter:
 
 
 _COUNTERS: list[_SkipCounter] = []
+_RESTORED: dict[str, int] = {}  # skips of this run before its last resume.
+
+
+def skipped_ids() -> dict[str, int]:
+  """{record id: records} skipped so far in this run, by every skipping source (all workers)."""
+  out = dict(_RESTORED)
+  for c in _COUNTERS:
+    out.update(c.ids())
+  return out
 
 
 def skipped_records() -> int:
-  """Records skipped so far by every skipping source this process built (all workers)."""
-  return sum(c.total() for c in _COUNTERS)
+  """Distinct records skipped so far in this run (each once, across epochs and resumes)."""
+  return sum(skipped_ids().values())
+
+
+def restore_skipped(ids: dict[str, int]) -> None:
+  """Adds the skips a checkpoint recorded (the data-iterator state carries them)."""
+  _RESTORED.update({str(k): int(v) for k, v in ids.items()})
 
 
 class ShardedSource:
@@ -136,7 +159,7 @@ class ShardedSource:
       if os.path.exists(path):
         out.append((path, int(entry["records"])))
       else:
-        self._skips.add(int(entry["records"]))
+        self._skips.add(f"{path}:missing", int(entry["records"]))
         logging.error("shard %s is listed in %s but missing: skipping its %d records",
                       path, spec_lib.SPEC_FILE, int(entry["records"]))
     return out
@@ -195,6 +218,6 @@ class ShardedSource:
       if not self.skip_corrupt:
         raise
       self.num_skipped += 1
-      logging.warning("skipping corrupt record (%d skipped by this process): %s",
-                      self._skips.add(), e)
+      logging.warning("skipping corrupt record (%d distinct records skipped in this run): %s",
+                      self._skips.add(f"{self.data_dir}:{self.split}/{index}"), e)
       return None

@@ -23,6 +23,14 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from ecgjax.models.attention import _SPLASH_BLOCK
+from ecgjax.models.attention import dense as _dense
+from ecgjax.models.attention import Attention
+from ecgjax.models.attention import LeadLocal
+from ecgjax.models.attention import segment_ids  # noqa: F401  (re-exported)
+from ecgjax.models.attention import splash_attention  # noqa: F401  (re-exported)
+from ecgjax.models.attention import use_lead_slots
+
 # The logical axis vocabulary used on parameters. Sharding rules must map each of these
 # (to a mesh axis or None) because flax leaves unmapped names as literal mesh axis names.
 LOGICAL_AXES: tuple[str, ...] = (
@@ -94,8 +102,9 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
   if cfg.pos_embed not in ("learned", "sincos"):
     raise ValueError(f"pos_embed must be 'learned' or 'sincos', got {cfg.pos_embed!r}.")
   _remat_policy(cfg.remat)  # Raises on unknown names.
-  if cfg.attention_impl not in (None, "xla", "cudnn"):
-    raise ValueError(f"attention_impl must be None, 'xla' or 'cudnn': {cfg.attention_impl!r}")
+  if cfg.attention_impl not in (None, "xla", "cudnn", "splash"):
+    raise ValueError("attention_impl must be None, 'xla', 'cudnn' or 'splash': "
+                     f"{cfg.attention_impl!r}")
   if cfg.attention_impl == "cudnn":
     problem = _cudnn_problem(cfg)
     if problem:
@@ -118,15 +127,19 @@ def _cudnn_problem(cfg: ml_collections.ConfigDict) -> str | None:
 
 
 def resolve_attention(cfg: ml_collections.ConfigDict) -> str:
-  """``attention_impl`` as run: None picks cuDNN on GPUs where it applies, else XLA.
+  """``attention_impl`` as run: None picks cuDNN on GPUs where it applies, Pallas splash
+  attention on TPUs, else XLA.
 
   On one H100 (base, 10 s ECGs, HL step) cuDNN's fused kernel ran 2.2x the samples/s of
-  XLA's and fit twice the batch (benchmarks/README.md), since XLA keeps every [S, S] score.
+  XLA's and fit twice the batch (benchmarks/README.md), since XLA keeps every [S, S] score;
+  splash is the TPU counterpart (flash attention with block-sparse masks).
   """
   if cfg.attention_impl:
     return cfg.attention_impl
   if jax.default_backend() == "gpu" and _cudnn_problem(cfg) is None:
     return "cudnn"
+  if jax.default_backend() == "tpu":
+    return "splash"
   return "xla"
 
 
@@ -154,16 +167,6 @@ def _sincos_table(num: int, width: int) -> np.ndarray:
   return np.pad(table, ((0, 0), (0, width - table.shape[1]))).astype(np.float32)
 
 
-def _dense(din: int, dout: int, axes: tuple[str | None, str | None], *, dtype, param_dtype,
-           rngs: nnx.Rngs) -> nnx.Linear:
-  """Linear layer whose kernel and bias carry logical sharding axes."""
-  return nnx.Linear(
-      din, dout, dtype=dtype, param_dtype=param_dtype,
-      kernel_init=nnx.with_partitioning(nnx.initializers.xavier_uniform(), axes),
-      bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axes[1],)),
-      rngs=rngs)
-
-
 def _layernorm(width: int, eps: float, *, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
   return nnx.LayerNorm(
       width, epsilon=eps, dtype=dtype, param_dtype=param_dtype,
@@ -176,47 +179,6 @@ def _embedding(shape: tuple[int, ...], axes: tuple[str | None, ...], param_dtype
                rngs: nnx.Rngs) -> nnx.Param:
   init = nnx.with_partitioning(nnx.initializers.normal(stddev=0.02), axes)
   return nnx.Param(init(rngs.params(), shape, param_dtype))
-
-
-class Attention(nnx.Module):
-  """Multi-head self-attention through ``jax.nn.dot_product_attention`` (XLA or cuDNN)."""
-
-  def __init__(self, width: int, num_heads: int, *, embed_axis: str, dtype, param_dtype,
-               attention_impl: str | None, rngs: nnx.Rngs):
-    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.num_heads = num_heads
-    self.attention_impl = attention_impl
-    # cuDNN's training kernel with a mask (an additive bias) needs an even token count;
-    # tiles of 64 also keep its blocks full. XLA's path takes any length.
-    self.seq_multiple = 64 if attention_impl == "cudnn" else 1
-    self.query = _dense(width, width, (embed_axis, "heads"), **kw)
-    self.key = _dense(width, width, (embed_axis, "heads"), **kw)
-    self.value = _dense(width, width, (embed_axis, "heads"), **kw)
-    self.out = _dense(width, width, ("heads", embed_axis), **kw)
-
-  def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
-    b, s, d = x.shape
-    split = lambda t: t.reshape(b, s, self.num_heads, d // self.num_heads)
-    q, k, v, mask = _pad_tokens(split(self.query(x)), split(self.key(x)), split(self.value(x)),
-                                mask, self.seq_multiple)
-    y = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.attention_impl)
-    return self.out(y[:, :s].reshape(b, s, d))
-
-
-def _pad_tokens(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, multiple: int
-                ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-  """Pads [B, S, H, D] q/k/v and the [B, 1, S, S] mask to S a multiple of ``multiple``.
-
-  Padded keys are masked out for every query; a padded query sees only itself (no NaN) and
-  its output is sliced off by the caller, so real tokens' outputs are unchanged.
-  """
-  s = q.shape[1]
-  pad = -s % multiple
-  if not pad:
-    return q, k, v, mask
-  grow = lambda t: jnp.pad(t, ((0, 0), (0, pad), (0, 0), (0, 0)))
-  mask = jnp.pad(mask, ((0, 0), (0, 0), (0, pad), (0, pad)))
-  return grow(q), grow(k), grow(v), mask | jnp.eye(s + pad, dtype=bool)
 
 
 class Block(nnx.Module):
@@ -258,6 +220,20 @@ def _attention_mask(valid: jax.Array, group: jax.Array | None = None,
     mask = mask & same
   mask = mask | jnp.eye(valid.shape[1], dtype=bool)[None]
   return mask[:, None]
+
+
+def _lead_local_pattern(valid: jax.Array, global_mask: jax.Array, num_leads: int, n: int,
+                        visible_idx: jax.Array | None) -> LeadLocal:
+  """LeadLocal for patch tokens of validity ``valid`` [B, K]: the L*n grid, or its
+  ``visible_idx`` cells (the other cells are empty: invalid)."""
+  b = valid.shape[0]
+  cell = valid
+  if visible_idx is not None:
+    rows = jnp.arange(b)[:, None]
+    cell = jnp.zeros((b, num_leads * n), bool).at[rows, visible_idx].set(valid)
+  cell = cell.reshape(b * num_leads, n)
+  mask = (cell[:, :, None] & cell[:, None, :]) | jnp.eye(n, dtype=bool)[None]
+  return LeadLocal(global_mask, mask[:, None], visible_idx)
 
 
 class SignalTransformer(nnx.Module):
@@ -396,8 +372,11 @@ class SignalTransformer(nnx.Module):
 
     # Local blocks: a patch token sees valid tokens of its own lead only (not the global
     # tokens, which would leak other leads); global tokens see every valid token.
-    local_mask = _attention_mask(valid, group, is_global)
     global_mask = _attention_mask(valid)
+    if use_lead_slots(l, n, k) or resolve_attention(self.cfg) == "splash":
+      local_mask = _lead_local_pattern(valid[:, g:], global_mask[:, :, :g], l, n, visible_idx)
+    else:
+      local_mask = _attention_mask(valid, group, is_global)
     depth, local = self.cfg.depth, self.cfg.local_depth
     masks = [local_mask] * local + [global_mask] * (depth - local)
     h = self._run_blocks(self.blocks, h, masks)
@@ -455,31 +434,62 @@ def _block_matmul_params(width: int, mlp_dim: int) -> int:
   return 4 * width * width + 2 * width * mlp_dim
 
 
+def attention_flops(cfg: ml_collections.ConfigDict, num_tokens_visible: int,
+                    num_tokens_total: int) -> dict[str, float]:
+  """Training (3x forward) FLOPs of the attention scores and mixing (QK^T, AV), per sample.
+
+  Counts what runs: the local blocks per lead (L*n^2, plus g*S for the global-token
+  queries) when :func:`use_lead_slots` picks it, else the dense S^2; global blocks S^2;
+  the decoder (all ``num_tokens_total`` tokens) S_d^2. With splash, every computed
+  128x128 block: the local grid's non-empty blocks, the others padded to 128.
+  """
+  d, g, l = cfg.width, cfg.num_global_tokens, cfg.num_leads
+  n = num_tokens_total // l
+  s_e = num_tokens_visible + g
+  s_g, s_d = s_e**2, num_tokens_total**2
+  if resolve_attention(cfg) == "splash":  # 128-token blocks; the local grid's non-empty ones.
+    up = lambda t: -(-t // _SPLASH_BLOCK) * _SPLASH_BLOCK
+    blocks = np.kron(np.eye(l, dtype=bool), np.ones((n, n), bool))
+    pad = up(l * n) - l * n
+    blocks = np.pad(blocks, ((0, pad), (0, pad))) | np.eye(l * n + pad, dtype=bool)
+    nb = blocks.shape[0] // _SPLASH_BLOCK
+    used = blocks.reshape(nb, _SPLASH_BLOCK, nb, _SPLASH_BLOCK).any(axis=(1, 3)).sum()
+    local = int(used) * _SPLASH_BLOCK**2 + g * s_e
+    s_g, s_d = up(s_e)**2, up(num_tokens_total)**2
+  elif use_lead_slots(l, n, num_tokens_visible):
+    local = l * n**2 + g * s_e
+  else:
+    local = s_e**2
+  return {"encoder_local": 3 * 4.0 * d * cfg.local_depth * local,
+          "encoder_global": 3 * 4.0 * d * (cfg.depth - cfg.local_depth) * s_g,
+          "decoder": 3 * 4.0 * cfg.decoder_width * cfg.decoder_depth * s_d}
+
+
 def flops_per_sample(cfg: ml_collections.ConfigDict, num_tokens_visible: int,
                      num_tokens_total: int, with_decoder: bool) -> float:
   """Training (forward + backward) matmul FLOPs for ONE view of one sample.
 
   Formula (backward = 2x forward, so training = 3x forward):
     dense:      6 * W * S for a weight matrix with W entries applied to S tokens;
-    attention:  12 * S^2 * D per block (QK^T and AV, each 2*S^2*D forward).
+    attention:  what :func:`attention_flops` counts (12 * S^2 * D per dense block).
   Encoder: S_e = num_tokens_visible + num_global_tokens through ``depth`` blocks; the patch
-  embedding runs on all ``num_tokens_total`` grid tokens. Local blocks are counted as dense
-  attention because that is what executes (the lead restriction is a mask). Decoder (when
-  ``with_decoder``): the input projection on the visible tokens, ``decoder_depth`` blocks and
-  the output projection on all ``num_tokens_total`` tokens. The projection head (one token)
-  is always included. Embedding lookups, norms and softmax are ignored. Multiply by the
-  number of views (2 for HL) per training sample. For small/base with 75 of 300 tokens
-  visible this is within 1% of XLA's ``cost_analysis()`` of the same forward + backward.
+  embedding runs on all ``num_tokens_total`` grid tokens. Decoder (when ``with_decoder``):
+  the input projection on the visible tokens, ``decoder_depth`` blocks and the output
+  projection on all ``num_tokens_total`` tokens. The projection head (one token) is always
+  included. Embedding lookups, norms and softmax are ignored. Multiply by the number of
+  views (2 for HL) per training sample. For small/base with 75 of 300 tokens visible this
+  is within 1% of XLA's ``cost_analysis()`` of the same forward + backward.
   """
   d, s_e = cfg.width, num_tokens_visible + cfg.num_global_tokens
+  attn = attention_flops(cfg, num_tokens_visible, num_tokens_total)
   fwd = 2.0 * cfg.patch_size * d * num_tokens_total
   fwd += 2.0 * cfg.depth * _block_matmul_params(d, cfg.mlp_dim) * s_e
-  fwd += 4.0 * cfg.depth * s_e**2 * d
   fwd += 2.0 * (d * cfg.proj_hidden + cfg.proj_hidden * cfg.proj_dim)
+  train = 3.0 * fwd + attn["encoder_local"] + attn["encoder_global"]
   if with_decoder:
     dd, s_d = cfg.decoder_width, num_tokens_total
-    fwd += 2.0 * d * dd * num_tokens_visible
+    fwd = 2.0 * d * dd * num_tokens_visible
     fwd += 2.0 * cfg.decoder_depth * _block_matmul_params(dd, cfg.decoder_mlp_dim) * s_d
-    fwd += 4.0 * cfg.decoder_depth * s_d**2 * dd
     fwd += 2.0 * dd * cfg.patch_size * s_d
-  return 3.0 * fwd
+    train += 3.0 * fwd + attn["decoder"]
+  return train

@@ -91,7 +91,7 @@ class Job:
     self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
                                  cwd=str(ROOT))
 
-  def wait(self, timeout=240) -> int:
+  def wait(self, timeout=900) -> int:  # compiles take minutes on a loaded 2-core CPU.
     try:
       return self.proc.wait(timeout)
     finally:

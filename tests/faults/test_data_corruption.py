@@ -93,6 +93,9 @@ def test_skipped_records_are_replaced_so_train_batches_keep_their_size(shards):
   batch = ds[0]
   assert batch["seg1"].shape[0] == n and np.isfinite(batch["scale"]).all()
   assert src.num_skipped == 2  # each bad record was read once, counted, and replaced
+  before = source_lib.skipped_records()
+  ds[1]  # epoch 2 reads both bad records again: each run counts them once.
+  assert src.num_skipped == 4 and source_lib.skipped_records() == before
   # Each replaced row holds the record at the same position of epoch 1, cut with the
   # row's own draws.
   replaced = [j for j in range(n) if ds.order[j] in bad]  # first train shard = records 0..
@@ -182,10 +185,15 @@ def test_skipped_records_reach_the_training_metrics(shards, job_env, tmp_path):
   offsets = tfrecord.read_index(path)
   for k in range(0, 6):
     _patch(path, int(offsets[k] + tfrecord.HEADER_BYTES + 5))
-  run_job(job_env, tmp_path / "run", str(shards), steps=4,
-          extra=["--set=data.skip_corrupt=True"])
+  # 10 steps of 8 read every one of the 76 train records (the 6 bad ones once each); the
+  # resumed job counts them once although it reads some again, and knows the others from
+  # the checkpoint's data-iterator state.
+  for steps in (10, 12):
+    run_job(job_env, tmp_path / "run", str(shards), steps=steps,
+            extra=["--set=data.skip_corrupt=True", "--set=checkpoint_every=10"])
   rows = [json.loads(l) for l in open(tmp_path / "run" / "metrics.jsonl")]
-  assert rows[-1]["skipped_records"] >= 1, rows[-1]
+  assert [r["step"] for r in rows] == list(range(1, 13)), rows
+  assert rows[9]["skipped_records"] == 6 and rows[-1]["skipped_records"] == 6, rows
   rows_err = run_job(job_env, tmp_path / "strict", str(shards), steps=4, expect_rc=1)
   assert "CorruptRecordError" in rows_err and path in rows_err
 

@@ -187,3 +187,43 @@ def test_conversion_killed_midway_then_rerun_gives_identical_shards(tmp_path):
   assert a.keys() == b.keys(), sorted(set(a) ^ set(b))
   for k in a:
     assert a[k] == b[k], k
+
+
+def _sigterm_exit(job: Job, workdir: pathlib.Path, phase: str) -> str:
+  """Waits for the job; asserts it got SIGTERM in ``phase`` and exited 0 within 30 s."""
+  rc = job.wait(timeout=900)  # (compiles are slow on a shared CPU; the 30 s start at SIGTERM)
+  ended = time.time()
+  log = job.log()
+  sent = json.loads((workdir / "sigterm.json").read_text())
+  (workdir / "sigterm.json").unlink()
+  assert rc == 0 and sent["phase"] == phase, (phase, rc, log[-3000:])
+  assert ended - sent["time"] < 30, (phase, ended - sent["time"])
+  assert "demo probe summary" not in log and not (workdir / "probe" / "results.json").exists()
+  return log
+
+
+@pytest.mark.slow
+def test_sigterm_in_every_phase_saves_and_stops(fault_shards, job_env, tmp_path):
+  """SIGTERM in the first step, during restore, during compile and in the end-of-run probe.
+
+  Each job exits 0 within 30 s, never starts (or finishes) the probe, and leaves every
+  step it reached in a sealed checkpoint that the next job resumes from.
+  """
+  workdir, ckpt_dir = tmp_path / "run", tmp_path / "run" / "checkpoints"
+
+  def job(phase):
+    return Job(job_env, workdir, fault_shards, steps=2, fault=f"sigterm_in:{phase}",
+               extra=["--probe_at_end"])
+
+  log = _sigterm_exit(job("step"), workdir, "step")
+  assert "SIGTERM: saved step 1, exiting" in log and "skipping the end-of-run jobs" in log
+  assert _steps_on_disk(ckpt_dir) == [1] and ckpt_lib.verify(str(ckpt_dir / "1"))
+  for phase in ("restore", "compile"):  # abandoned at once, however long they would take.
+    log = _sigterm_exit(job(phase), workdir, phase)
+    assert f"SIGTERM during {phase}: stopping; nothing new to save" in log, log[-3000:]
+    assert "compiled train step" not in log and "step 2/2" not in log, log[-3000:]
+    assert _steps_on_disk(ckpt_dir) == [1] and ckpt_lib.verify(str(ckpt_dir / "1"))
+  # Training finishes (step 2 saved); the SIGTERM lands in the probe, which stops at once.
+  log = _sigterm_exit(job("probe"), workdir, "probe")
+  assert _resumed_from(log) == 1 and "SIGTERM: stopped cleanly" in log, log[-3000:]
+  assert _steps_on_disk(ckpt_dir) == [1, 2] and ckpt_lib.verify(str(ckpt_dir / "2"))
