@@ -128,7 +128,7 @@ def test_numpy_sidecar_typo_is_rejected_with_did_you_mean(tmp_path):
 # ------------------------------------------------------------------ leads by position
 def test_leads_by_position_override_header_names(tmp_path):
   data = _wfdb_dir(tmp_path / "in")  # both channels named 'ECG', as MIT-BIH SVDB 800.
-  args = ["--format=wfdb", f"--input={data}", "--num_shards=1", "--workers=1", "--quiet"]
+  args = ["--format=wfdb", f"--input={data}", "--num_shards=1", "--workers=1", "--split_fractions=1,0,0", "--quiet"]
   out = _cli("-m", "data_pipelines.convert", *args, f"--output={tmp_path / 'plain'}")
   assert "unknown lead name: 'ECG'" in _one_line(out, 1, "convert")
   spec = convert.convert(convert.build_parser().parse_args(
@@ -172,7 +172,7 @@ def test_flat_lead_becomes_absent_and_is_counted(tmp_path):
   path = _numpy_input(tmp_path, x, leads)
   spec = convert.convert(convert.build_parser().parse_args(
       ["--format=numpy", f"--input={path}", f"--output={tmp_path / 'out'}", "--num_shards=1",
-       "--workers=1", "--quiet"]))
+       "--workers=1", "--split_fractions=1,0,0", "--quiet"]))
   assert spec["num_records"] == 3 and spec["rejects"]["count"] == 1
   assert spec["flat_leads"] == {"records": 2, "by_lead": {"I": 1, "V1": 1}}
   on_disk = spec_lib.load(str(tmp_path / "out"))
