@@ -128,7 +128,8 @@ def test_numpy_sidecar_typo_is_rejected_with_did_you_mean(tmp_path):
 # ------------------------------------------------------------------ leads by position
 def test_leads_by_position_override_header_names(tmp_path):
   data = _wfdb_dir(tmp_path / "in")  # both channels named 'ECG', as MIT-BIH SVDB 800.
-  args = ["--format=wfdb", f"--input={data}", "--num_shards=1", "--workers=1", "--split_fractions=1,0,0", "--quiet"]
+  args = ["--format=wfdb", f"--input={data}", "--num_shards=1", "--workers=1",
+          "--split_fractions=1,0,0", "--quiet"]
   out = _cli("-m", "data_pipelines.convert", *args, f"--output={tmp_path / 'plain'}")
   assert "unknown lead name: 'ECG'" in _one_line(out, 1, "convert")
   spec = convert.convert(convert.build_parser().parse_args(
