@@ -65,32 +65,31 @@ def window_config(config) -> pipeline.WindowConfig:
 
 def loss_and_grads(model, views: dict[str, jax.Array], key: jax.Array, config):
   """((loss, metrics), grads) of the objective; with grad_accum A > 1, the mean over A
-  consecutive micro-batches (keys ``split(key, A)``), run one after another by a scan."""
+  consecutive micro-batches (keys ``split(key, A)``), run one after another by a scan.
+
+  Differentiates a pure function of the params (split once, merged inside), so the scan
+  body never touches nnx objects from the enclosing trace.
+  """
   accum = int(config.optim.grad_accum)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
-  def loss_on(m, v, k):
-    return hybrid.loss_fn(m, v, k, config.loss)
+  def loss_on(p, v, k):
+    return hybrid.loss_fn(nnx.merge(graphdef, p, rest), v, k, config.loss)
 
-  grad_fn = nnx.value_and_grad(loss_on, has_aux=True)
+  grad_fn = jax.value_and_grad(loss_on, has_aux=True)
   if accum == 1:
-    return grad_fn(model, views, key)
+    return grad_fn(params, views, key)
   micro = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), views)
   keys = jax.random.split(key, accum)
-  # The scan body may not close over the nnx model (a graph node of the outer trace):
-  # differentiate a pure function of the params instead.
-  model_def, params, rest = nnx.split(model, nnx.Param, ...)
-  param_grad_fn = jax.value_and_grad(
-      lambda p, v, k: loss_on(nnx.merge(model_def, p, rest), v, k), has_aux=True)
 
   def body(carry, xs):
     g_sum, l_sum, a_sum = carry
-    (l, a), g = param_grad_fn(params, xs[0], xs[1])
+    (l, a), g = grad_fn(params, xs[0], xs[1])
     return (jax.tree.map(jnp.add, g_sum, g), l_sum + l,
             jax.tree.map(jnp.add, a_sum, a)), None
 
   zeros_g = jax.tree.map(jnp.zeros_like, params)
-  (_, aux0), _ = jax.eval_shape(param_grad_fn, params, jax.tree.map(lambda x: x[0], micro),
-                                keys[0])
+  (_, aux0), _ = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro), keys[0])
   zeros_a = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux0)
   (grads, loss, aux), _ = jax.lax.scan(body, (zeros_g, 0.0, zeros_a), (micro, keys))
   grads = jax.tree.map(lambda g: g / accum, grads)

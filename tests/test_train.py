@@ -63,6 +63,73 @@ def test_step_on_pure_data_parallel_mesh(synthetic_shards):
     assert all(a is None for a in x.sharding.spec), x.sharding.spec  # replicated params
 
 
+def _step_on(cfg, devices, step=4):
+  """(initial state, updated state, metrics) of one compiled step on a mesh of ``devices``."""
+  mesh = sharding.make_mesh(cfg.mesh, devices)
+  graphdef, state, shardings, _ = state_lib.create_state(cfg, mesh)
+  compiled, batch_abs = train.compile_step(cfg, graphdef, state, shardings, mesh)
+  host = pipeline.random_batch(train.window_config(cfg), cfg.global_batch, seed=1)
+  host["lead_mask"][::3, 4:] = False  # a few lead subsets, so that padding slots occur
+  batch = {k: jax.device_put(host[k], v.sharding) for k, v in batch_abs.items()}
+  initial = jax.device_get(state)
+  new_state, metrics = compiled(state, batch, jnp.asarray(step, jnp.int32))
+  return initial, jax.device_get(new_state), jax.device_get(metrics)
+
+
+@pytest.mark.parametrize("mesh", [dict(data=8, fsdp=1, tensor=1), dict(data=2, fsdp=2, tensor=2)])
+def test_sharded_step_equals_single_device_step(synthetic_shards, mesh):
+  cfg = micro_config(synthetic_shards)  # fp32 model (the demo variant)
+  assert cfg.model.dtype == "float32"
+  single = cfg.copy_and_resolve_references()
+  single.mesh.update(data=1, fsdp=1, tensor=1)
+  init1, state1, m1 = _step_on(single, jax.devices()[:1])
+  cfg.mesh.update(**mesh)
+  init8, state8, m8 = _step_on(cfg, jax.devices())
+  for a, b in zip(jax.tree.leaves(init1), jax.tree.leaves(init8)):
+    np.testing.assert_array_equal(a, b)  # same starting point on both meshes
+  np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=1e-5)
+  np.testing.assert_allclose(m8["grad_norm"], m1["grad_norm"], rtol=1e-5)
+  paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(state1)]
+  for path, a, b in zip(paths, jax.tree.leaves(state1), jax.tree.leaves(state8)):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7, err_msg=path)
+
+
+def test_grad_accum_equals_mean_of_half_batch_grads(synthetic_shards):
+  """MAE-only (no cross-sample term): A=2 micro-batches == mean of their separate grads."""
+  cfg = micro_config(synthetic_shards, "mae")
+  cfg.optim.grad_accum = 2
+  mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
+  graphdef, state, _, _ = state_lib.create_state(cfg, mesh)
+  model_def, params = nnx.split(nnx.merge(graphdef, state)[0])
+  b, t = cfg.global_batch, int(cfg.data.window_s * cfg.data.sampling_rate)
+  rng = np.random.default_rng(0)
+  views = {"view1": rng.standard_normal((b, 12, t)).astype(np.float32),
+           "view2": rng.standard_normal((b, 12, t)).astype(np.float32),
+           "mask1": np.ones((b, 12), bool), "mask2": rng.random((b, 12)) < 0.7}
+  key = jax.random.key(3)
+  # Like train_step: merged inside a plain jax.jit trace.
+  run = lambda c: jax.jit(lambda p, v, k: train.loss_and_grads(nnx.merge(model_def, p), v, k, c))
+  (loss, aux), grads = run(cfg)(params, views, key)
+  one = cfg.copy_and_resolve_references()
+  one.optim.grad_accum = 1
+  single = run(one)
+  keys = jax.random.split(key, 2)
+  halves = [single(params, jax.tree.map(lambda x: x[i * b // 2:(i + 1) * b // 2], views), keys[i])
+            for i in range(2)]
+  np.testing.assert_allclose(loss, 0.5 * (halves[0][0][0] + halves[1][0][0]), rtol=1e-5)
+  np.testing.assert_allclose(aux["mae"], 0.5 * (halves[0][0][1]["mae"] + halves[1][0][1]["mae"]),
+                             rtol=1e-5)
+  mean = jax.tree.map(lambda g0, g1: 0.5 * (g0 + g1), halves[0][1], halves[1][1])
+  leaves = jax.tree.leaves(grads)
+  assert len(leaves) > 10 and sum(float(jnp.abs(g).sum()) for g in leaves) > 0
+  for g, ref in zip(leaves, jax.tree.leaves(mean)):
+    np.testing.assert_allclose(g, ref, rtol=1e-5, atol=1e-7)
+  # Not the full-batch gradient (different masks per half, per-half token means): the
+  # comparison above is sensitive to how the micro-batches are formed.
+  (full, _), _ = single(params, views, key)
+  assert abs(float(full) - float(loss)) > 1e-6
+
+
 @pytest.mark.parametrize("objective", ["hl", "mae", "simclr"])
 def test_objectives_train_and_loss_decreases(synthetic_shards, tmp_path, objective):
   cfg = micro_config(synthetic_shards, objective)
@@ -75,7 +142,14 @@ def test_objectives_train_and_loss_decreases(synthetic_shards, tmp_path, objecti
   rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   assert len(rows) == 6
   assert all(np.isfinite(r["loss"]) and np.isfinite(r["grad_norm"]) for r in rows)
-  assert rows[-1]["loss"] < rows[0]["loss"], [r["loss"] for r in rows]
+  # Judged against trivial predictors, not the initial loss (1.75 at init is above "predict
+  # zero", so any loss decrease passed). On fresh batches 30 micro steps only reach the
+  # zero-predictor level (MAE 0.998 measured, not < 0.9): that the MAE can learn at all is
+  # test_objectives.py::test_mae_overfits_one_batch_well_below_the_zero_predictor.
+  if objective == "simclr":
+    assert rows[-1]["loss"] < rows[0]["loss"], [r["loss"] for r in rows]
+  else:
+    assert rows[-1]["mae"] < 1.02, [r["mae"] for r in rows]
   if objective == "mae":
     assert all(r["nt_xent"] == 0 for r in rows)
   if objective == "simclr":

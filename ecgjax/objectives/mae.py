@@ -23,7 +23,7 @@ def mae_loss(pred: jax.Array, target: jax.Array, masked: jax.Array, valid: jax.A
   Args:
     pred: [B, T, P] predictions (normalised space when ``norm_target``).
     target: [B, T, P] raw patches.
-    masked: [B, T] bool, tokens hidden from the encoder.
+    masked: [B, T] bool, tokens hidden from the encoder (a sample's padding slots included).
     valid: [B, T] bool, tokens of present leads.
     norm_target: normalise each target patch over P.
     eps: variance floor for the normalisation.
