@@ -105,3 +105,32 @@ def test_l2_edge_counts():
   grid = [1e-3, 1e-2, 1e-1]
   runs = [{"l2": 1e-3}, {"l2": 1e-2}, {"l2": 1e-1}, {"l2": 1e-2}]
   assert report.l2_edges(runs, grid) == {"runs": 4, "at_min": 1, "at_max": 1}
+
+
+def test_paired_differences_and_markdown_end_to_end_on_synthetic_runs():
+  import argparse  # pylint: disable=g-import-not-at-top
+  import ssl_compare  # pylint: disable=g-import-not-at-top
+  y, p, rng = _case(n=80, c=3, seed=4)
+  noisy = lambda s: np.clip(p + rng.normal(0, s, p.shape), 0, 1)  # pylint: disable=unnecessary-lambda-assignment
+  preds = {"hl": [(0.01, noisy(0.1)), (0.01, noisy(0.1)), (1.0, noisy(0.1)), (1.0, noisy(0.1))],
+           "random_init": [(0.01, noisy(5.0)), (0.01, noisy(5.0)), (1.0, noisy(5.0)),
+                           (1.0, noisy(5.0))],
+           "handcrafted": [(0.01, p), (1.0, p)]}
+  runs = [{"encoder": e, "seed": None if e == "handcrafted" else i % 2, "draw": 0,
+           "fraction": f, "auroc": 0.5, "f1": 0.4, "l2": 1.0}
+          for e, v in preds.items() for i, (f, _) in enumerate(v)]
+  a = argparse.Namespace(resamples=100, bootstrap_seed=0)
+  diffs = ssl_compare.paired_differences(y, preds, runs, "hl", ["random_init", "handcrafted"],
+                                         [0.01, 1.0], a)
+  by = {(d["b"], d["fraction"]): d for d in diffs}
+  assert by[("random_init", 1.0)]["excludes_zero"] and by[("random_init", 1.0)]["difference"] > 0
+  assert by[("handcrafted", 0.01)]["difference"] < 0   # the noiseless scores win.
+  assert "resampled" not in by[("handcrafted", 0.01)]
+  meta = {"name": "t", "date": "d", "command": "c", "seeds": [0, 1], "steps": 1, "batch": 2,
+          "size": "tiny", "rate": 100.0, "window_s": 4.0, "patch_ms": 200.0,
+          "pretrain_data": "x", "data": "x", "split_counts": {}, "draws": 1, "draws_at": [0.01],
+          "l2_grid": [0.1, 1.0, 10.0], "resamples": 100, "bootstrap_seed": 0}
+  edges = {e: report.l2_edges([r for r in runs if r["encoder"] == e], [0.1, 1.0, 10.0])
+           for e in preds}
+  md = report.markdown(meta, runs, list(preds), [0.01, 1.0], diffs, edges)
+  assert "hl − random_init | 100% |" in md and "Differences whose 95% paired CI excludes 0" in md
