@@ -35,8 +35,8 @@ def mean_sd_over_seeds(runs: Sequence[dict[str, Any]], key: str) -> tuple[float,
 def l2_edges(runs: Sequence[dict[str, Any]], grid: Sequence[float]) -> dict[str, int]:
   """How many runs chose the smallest / largest L2 of ``grid`` (an edge = grid too narrow)."""
   lo, hi = min(grid), max(grid)
-  return {"runs": len(runs), "at_min": sum(np.isclose(r["l2"], lo) for r in runs),
-          "at_max": sum(np.isclose(r["l2"], hi) for r in runs)}
+  return {"runs": len(runs), "at_min": int(sum(np.isclose(r["l2"], lo) for r in runs)),
+          "at_max": int(sum(np.isclose(r["l2"], hi) for r in runs))}
 
 
 def per_seed_differences(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]],
