@@ -6,7 +6,7 @@ class serves all resamples at once, and the point estimate is the all-ones case.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -136,6 +136,73 @@ def evaluate(y: np.ndarray, probs: np.ndarray, thresholds: np.ndarray,
   }
 
 
+def bootstrap_counts(rng: np.random.Generator, n: int, resamples: int) -> np.ndarray:
+  """[R, N] counts of each of N records in R resamples with replacement.
+
+  Resample r is ``rng.integers(0, n, size=(R, n))[r]`` as counts, so any caller that draws
+  from the same generator state gets the same resamples.
+  """
+  draws = rng.integers(0, n, size=(resamples, n))
+  return np.bincount((draws + n * np.arange(resamples)[:, None]).ravel(),
+                     minlength=resamples * n).reshape(resamples, n).astype(np.float64)
+
+
+def macro_auroc(y: np.ndarray, probs: np.ndarray, classes: Sequence[int],
+                weights: np.ndarray | None = None) -> np.ndarray:
+  """Mean AUROC over ``classes`` of [N, C] (y, probs); per resample if weights is [R, N].
+
+  A class undefined in a resample (no positive or no negative weight) is left out of it.
+  """
+  per = np.stack([auroc(y[:, c], probs[:, c], weights) for c in classes], axis=-1)
+  return _nanmean(per)
+
+
+def paired_bootstrap_difference(y: np.ndarray, probs_a: Sequence[np.ndarray],
+                                probs_b: Sequence[np.ndarray], classes: Sequence[int],
+                                resamples: int, seed: int, level: float = 0.95,
+                                chunk: int = 100) -> dict[str, Any]:
+  """Macro AUROC of A minus B on the same test records, with a paired percentile CI.
+
+  A and B are each one or more runs (pretraining seeds x label-subset draws), every run's
+  [N, C] test probabilities for the same N records ``y``. Each resample's record counts
+  are shared by all runs of both sides; within a resample the runs' macro AUROCs are
+  averaged per side and then differenced. Shared resamples cancel the test-set noise
+  common to both encoders, which unpaired CIs double-count. The CI is conditional on the
+  runs given (it reflects test-set sampling, not seed-to-seed spread; report that apart).
+
+  Returns {'difference' (all-ones point estimate), 'ci', 'level', 'resamples', 'seed',
+  'excludes_zero', 'resampled' ([R] differences, for tests and plots)}.
+  """
+  y = np.asarray(y).astype(bool)
+  a, b = [np.asarray(p, np.float64) for p in probs_a], [np.asarray(p, np.float64) for p in probs_b]
+  if not a or not b:
+    raise ValueError("paired_bootstrap_difference: each side needs at least one run")
+  for p in a + b:
+    if p.shape != y.shape:
+      raise ValueError(f"paired_bootstrap_difference: probabilities {p.shape} do not match "
+                       f"labels {y.shape}; both sides must score the same test records")
+  classes = list(classes)
+
+  def side(runs, w):
+    return np.mean([macro_auroc(y, p, classes, w) for p in runs], axis=0)
+
+  point = float(side(a, None) - side(b, None))
+  rng = np.random.default_rng(seed)
+  diffs = []
+  for start in range(0, max(int(resamples), 0), chunk):
+    counts = bootstrap_counts(rng, y.shape[0], min(chunk, resamples - start))
+    diffs.append(side(a, counts) - side(b, counts))
+  diffs = np.concatenate(diffs) if diffs else np.zeros(0)
+  finite = diffs[np.isfinite(diffs)]
+  ci = None
+  if finite.size:
+    lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
+    ci = [float(np.percentile(finite, lo)), float(np.percentile(finite, hi))]
+  return {"difference": clean(point), "ci": ci, "level": level, "resamples": int(resamples),
+          "seed": int(seed), "excludes_zero": bool(ci is not None and (ci[0] > 0 or ci[1] < 0)),
+          "resampled": diffs}
+
+
 def bootstrap(y: np.ndarray, probs: np.ndarray, thresholds: np.ndarray, classes: list[int],
               resamples: int, seed: int, level: float = 0.95,
               chunk: int = 100) -> dict[str, Any]:
@@ -153,10 +220,7 @@ def bootstrap(y: np.ndarray, probs: np.ndarray, thresholds: np.ndarray, classes:
   pred = probs >= thresholds[None]
   aucs, f1s = [], []
   for start in range(0, resamples, chunk):
-    r = min(chunk, resamples - start)
-    draws = rng.integers(0, n, size=(r, n))
-    counts = np.bincount((draws + n * np.arange(r)[:, None]).ravel(),
-                         minlength=r * n).reshape(r, n).astype(np.float64)
+    counts = bootstrap_counts(rng, n, min(chunk, resamples - start))
     per_auc = np.stack([auroc(y[:, c], probs[:, c], counts) for c in classes], axis=-1)
     per_f1 = f1_counts(y[:, classes], pred[:, classes], counts)
     # F1 of a class with no positives drawn is 0 or undefined; leave it out like AUROC.
