@@ -43,6 +43,10 @@ _COMMON = dict(
     remat="none",         # 'none' | 'full' | 'dots_saveable' | ... (bools accepted).
     attention_impl=None,
     layernorm_eps=1e-6,
+    # Decoder options (ablated in benchmarks/mae_ablation.py):
+    decoder_leadwise=False,   # each lead's patches attend only to that lead (ST-MEM style),
+                              # so cross-lead inference must happen in the encoder.
+    decoder_zero_init=False,  # zero output layer: the first prediction is the patch mean.
 )
 
 SIZES: dict[str, dict[str, Any]] = {
@@ -155,11 +159,11 @@ def _sincos_table(num: int, width: int) -> np.ndarray:
 
 
 def _dense(din: int, dout: int, axes: tuple[str | None, str | None], *, dtype, param_dtype,
-           rngs: nnx.Rngs) -> nnx.Linear:
-  """Linear layer whose kernel and bias carry logical sharding axes."""
+           rngs: nnx.Rngs, kernel_init=None) -> nnx.Linear:
+  """Linear layer whose kernel and bias carry logical sharding axes (kernel: Xavier)."""
   return nnx.Linear(
       din, dout, dtype=dtype, param_dtype=param_dtype,
-      kernel_init=nnx.with_partitioning(nnx.initializers.xavier_uniform(), axes),
+      kernel_init=nnx.with_partitioning(kernel_init or nnx.initializers.xavier_uniform(), axes),
       bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axes[1],)),
       rngs=rngs)
 
@@ -302,7 +306,9 @@ class SignalTransformer(nnx.Module):
               mlp_axis="decoder_mlp", **block_kw)
         for _ in range(cfg.decoder_depth)])
     self.decoder_norm = _layernorm(dd, cfg.layernorm_eps, **kw)
-    self.decoder_out = _dense(dd, cfg.patch_size, ("decoder_embed", "patch"), **kw)
+    out_init = nnx.initializers.zeros_init() if cfg.decoder_zero_init else None
+    self.decoder_out = _dense(dd, cfg.patch_size, ("decoder_embed", "patch"),
+                              kernel_init=out_init, **kw)
 
     # Projection head for NT-Xent.
     self.proj_in = _dense(d, cfg.proj_hidden, ("embed", "proj"), **kw)
@@ -407,7 +413,8 @@ class SignalTransformer(nnx.Module):
 
     Visible tokens are scattered back into a full grid of learned mask tokens (fixed
     shape), decoder lead and time embeddings are added and ``decoder_depth`` global
-    blocks run with absent leads masked out.
+    blocks run with absent leads masked out (and, with ``decoder_leadwise``, every lead
+    apart from the token's own).
     """
     b, l = lead_mask.shape
     n = num_patches
@@ -419,7 +426,10 @@ class SignalTransformer(nnx.Module):
     pos = self._positions(n, getattr(self, "decoder_pos_embed", None), dd)
     h = (h.reshape(b, l, n, dd) + self.decoder_lead_embed[...][:, None].astype(self.dtype)
          + pos[None].astype(self.dtype)).reshape(b, l * n, dd)
-    mask = _attention_mask(jnp.repeat(lead_mask, n, axis=1))
+    lead_id = None
+    if self.cfg.decoder_leadwise:
+      lead_id = jnp.broadcast_to(jnp.arange(l * n, dtype=jnp.int32) // n, (b, l * n))
+    mask = _attention_mask(jnp.repeat(lead_mask, n, axis=1), lead_id)
     h = self._run_blocks(self.decoder_blocks, h, [mask] * len(self.decoder_blocks))
     return self.decoder_out(self.decoder_norm(h)).astype(jnp.float32)
 
