@@ -142,19 +142,34 @@ def report(name: str) -> str:
         "per-patch normalised targets; 1.0 = predicting each patch's mean; lower is better) "
         "after short HL pretraining runs (`configs/hl.py:demo` + overrides, train folds "
         "only). The cross-lead linear baseline is scored on the same windows and masks.", "",
-        "| variant | overrides | seeds | steps | final val_mae (mean ± sd) | final train mae "
-        "| linear baseline (model space / mV) | s/run |", "|---|---|---|---|---|---|---|---|"]
+        "Data: the PTB-XL subset in ../shared/data/ptbxl (1,987 records, 100 Hz), converted "
+        "with `python -m data_pipelines.convert --format=ptbxl --input=../shared/data/ptbxl "
+        "--labels=../shared/data/ptbxl/ptbxl_labels.csv --output=SHARDS --num_shards=8`; "
+        "pretraining reads the train folds (1,490 records), val_mae the val fold (242 records; "
+        "`eval_batches` x batch fixed windows).", "",
+        "| variant | overrides | seeds | steps | val_mae at each eval | final val_mae "
+        "(mean ± sd) | final val NT-Xent | linear baseline (model space / mV) | s/run |",
+        "|---|---|---|---|---|---|---|---|---|"]
   for v, runs in sorted(by_variant.items(), key=lambda kv: np.mean(
       [r["final_val_mae"] for r in kv[1]])):
     vals = np.asarray([r["final_val_mae"] for r in runs])
+    sd = f" ± {vals.std(ddof=1):.3f}" if len(vals) > 1 else " (1 seed)"
     bl = res["baselines"].get(runs[0]["geometry"], {})
     over = ", ".join(f"{k}={v2}" for k, v2 in runs[0]["overrides"].items()) or "-"
+    curve = " → ".join(f"{m:.3f}" for _, m in runs[0]["val_mae_curve"])
     md.append(f"| {v} | {over} | {','.join(str(r['seed']) for r in runs)} | {runs[0]['steps']} | "
-              f"{vals.mean():.3f} ± {vals.std(ddof=1) if len(vals) > 1 else float('nan'):.3f} | "
-              f"{np.mean([r['final_train_mae'] for r in runs]):.3f} | "
+              f"{curve} | {vals.mean():.3f}{sd} | "
+              f"{np.mean([r['final_val_nt_xent'] or np.nan for r in runs]):.3f} | "
               f"{bl.get('model', {}).get('mae', float('nan')):.3f} / "
               f"{bl.get('mV', {}).get('mae', float('nan')):.3f} | "
               f"{np.mean([r['seconds'] for r in runs]):.0f} |")
+  any_run = next(iter(res["runs"].values()), None)
+  if any_run:
+    md += ["", f"Setup: {any_run['geometry'].rsplit('_', 1)[0].replace('_', ', ')} windows "
+           f"(patch length per variant), batch {any_run['batch']}, tiny model, fp32, "
+           "2 shared CPU cores (s/run includes compiles and 5-15 other processes on the same "
+           "cores, so it is not a speed measurement). Curves: "
+           f"`{os.path.basename(base)}.png`."]
   cmds = sorted({r["command"] for r in res["runs"].values()})
   md += ["", "Commands:", ""] + [f"- `{c}`" for c in cmds]
   with open(base + ".md", "w") as f:
