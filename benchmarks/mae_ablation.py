@@ -187,7 +187,8 @@ def _curve_figure(path: str, res: dict) -> None:
       ax.plot(*zip(*r["val_mae_curve"]), "o-", ms=3, lw=1, label=key)
   for geo, bl in res["baselines"].items():
     ax.axhline(bl["model"]["mae"], ls="--", lw=1, color="tab:red")
-    ax.text(0, bl["model"]["mae"], f"linear {geo}", fontsize=6, color="tab:red", va="bottom")
+    ax.text(0.99, bl["model"]["mae"], f"cross-lead linear, {geo}", fontsize=6, color="tab:red",
+            va="bottom", ha="right", transform=ax.get_yaxis_transform())
   ax.axhline(1.0, color="0.6", ls=":", lw=1)
   ax.set_xlabel("step")
   ax.set_ylabel("val_mae (held-out records)")

@@ -90,7 +90,6 @@ class Validator:
   def __init__(self, config, workdir: str, graphdef=None, shardings=None, mesh=None,
                window=None, batches: list[dict[str, np.ndarray]] | None = None):
     self.every = int(config.get("eval_every", 0)) if batches else 0
-    self.total = int(config.total_steps)
     self.workdir = workdir
     if self.every:
       self._batches = [sharding.global_batch_from_local(b, mesh) for b in batches]
@@ -99,7 +98,7 @@ class Validator:
                            in_shardings=(shardings, None, rep), out_shardings=rep)
 
   def due(self, step: int) -> bool:
-    return bool(self.every) and (step % self.every == 0 or step == self.total)
+    return bool(self.every) and step % self.every == 0
 
   def __call__(self, step: int, state, writer) -> dict[str, float]:
     sums: dict[str, Any] = {}
@@ -124,9 +123,10 @@ class Validator:
 
 
 def make_validator(config, workdir: str, graphdef, shardings, mesh, window) -> Validator:
-  """A Validator; inactive (plots only) when eval_every is 0 or the eval split is empty."""
+  """A Validator; inactive (plots only) when eval_every is 0 or beyond total_steps, or the
+  eval split is empty."""
   batches = None
-  if int(config.get("eval_every", 0)) > 0 and config.data.path:
+  if 0 < int(config.get("eval_every", 0)) <= int(config.total_steps) and config.data.path:
     try:
       batches = eval_batches(config, window, int(config.get("eval_batches", 4)))
     except ValueError as e:  # no such split (an archive converted without one)
