@@ -37,6 +37,8 @@ def base(arg: str | None = None) -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.async_checkpointing = True
   c.plot_every = 5000
+  c.eval_every = 1000      # val_mae / val_nt_xent on data.eval_split (0 = off).
+  c.eval_batches = 4       # fixed global batches per evaluation.
   c.max_bad_steps = 20
   c.probe_at_end = False  # the demo runs the linear probe summary after training.
 
@@ -55,6 +57,9 @@ def base(arg: str | None = None) -> ml_collections.ConfigDict:
   # (--config.model.depth=8); patch_size/max_patches are derived from data + patch_ms.
   c.model = ml_collections.ConfigDict(dict(signal_transformer.SIZES[size]))
   c.model.remat = "none"
+  c.model.pos_embed = "learned"   # 'learned' | 'sincos'
+  c.model.decoder_leadwise = False
+  c.model.decoder_zero_init = False
   c.model.dtype = "bfloat16"
   # None: cuDNN fused attention on GPUs where it applies, else XLA; or "xla" / "cudnn".
   c.model.attention_impl = ml_collections.FieldReference(None, field_type=str)
@@ -97,6 +102,8 @@ def base(arg: str | None = None) -> ml_collections.ConfigDict:
       "mask_ratio": 0.75, "span_scales": (1, 2, 4), "whole_lead_prob": 0.1,
       "mae_weight": 1.0, "contrastive_weight": 0.25, "temperature": 0.1,
       "norm_target": True,
+      "norm_eps": 1e-6,     # variance floor of the per-patch target normalisation.
+      "target": "input",    # 'input' (augmented view) | 'clean' (before augmentation).
   })
 
   # grad_accum=k splits each global batch into k micro-batches whose gradients are summed:
@@ -114,6 +121,8 @@ def base(arg: str | None = None) -> ml_collections.ConfigDict:
     c.log_every = 10
     c.checkpoint_every = 50
     c.plot_every = 75
+    c.eval_every = 50
+    c.eval_batches = 2
     c.model.dtype = "float32"   # bf16 matmuls are emulated (slow) on CPUs.
     c.patch_ms = 200.0
     c.data.sampling_rate = 100.0

@@ -106,6 +106,12 @@ def validate(config, num_devices: int | None = None, reference=None) -> None:
          f"mae_weight={l.mae_weight}, contrastive_weight={l.contrastive_weight}: "
          "need non-negative weights, not both zero")
   _check(l.temperature > 0, "loss.temperature", f"must be > 0, got {l.temperature}")
+  _check(l.get("target", "input") in ("input", "clean"), "loss.target",
+         f"{l.get('target')!r} not in ('input', 'clean')")
+  _check(l.get("norm_eps", 0.0) >= 0, "loss.norm_eps", f"must be >= 0, got {l.get('norm_eps')}")
+  _check(int(config.get("eval_every", 0)) >= 0 and int(config.get("eval_batches", 1)) >= 1,
+         "eval_every", f"eval_every {config.get('eval_every')} must be >= 0 (0 = off) and "
+         f"eval_batches {config.get('eval_batches')} >= 1")
   _check(config.model.remat in signal_transformer.REMAT_POLICIES, "model.remat",
          f"{config.model.remat!r} not in {signal_transformer.REMAT_POLICIES}")
   try:  # widths, heads, dtype... as the model will see them (no arrays are built).

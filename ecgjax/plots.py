@@ -1,6 +1,8 @@
-"""PNG figures (matplotlib, Agg backend): reconstructions, ROC curves, label efficiency."""
+"""PNG figures (matplotlib, Agg backend): reconstructions, loss curves, ROC curves,
+label efficiency."""
 from __future__ import annotations
 
+import json
 import os
 from typing import Sequence
 
@@ -8,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+import matplotlib.ticker  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np
 
 
@@ -20,9 +23,27 @@ def _save(fig, path: str, dpi: int) -> str:
   return path
 
 
+def to_units(values: np.ndarray, model_x: np.ndarray, units_x: np.ndarray) -> np.ndarray:
+  """Maps ``values`` [L, T] from the model's input space back to the units of ``units_x``.
+
+  Normalisation is affine per lead (x_model = a * x_units + c), so a and c are recovered
+  from the two versions of the same window; leads that are flat or absent map with a = 1.
+  """
+  a = model_x.std(axis=-1, keepdims=True) / np.maximum(units_x.std(axis=-1, keepdims=True),
+                                                       1e-12)
+  a = np.where(a > 1e-9, a, 1.0)
+  c = model_x.mean(axis=-1, keepdims=True) - a * units_x.mean(axis=-1, keepdims=True)
+  return (values - c) / a
+
+
 def reconstruction(path: str, original: np.ndarray, pred: np.ndarray, masked: np.ndarray,
-                   leads: Sequence[str], patch_size: int, sampling_rate: float, step: int) -> str:
-  """Original (black) vs reconstruction (red) per lead; masked patches shaded."""
+                   leads: Sequence[str], patch_size: int, sampling_rate: float, step: int,
+                   units: str = "mV") -> str:
+  """Original (black) vs reconstruction (red) per lead in ``units``; masked patches shaded.
+
+  Each lead has its own amplitude axis (ticks in ``units``) and a grey bar of 1 unit at
+  the left, so amplitudes read off the figure as on ECG paper.
+  """
   num_leads, t = original.shape
   n = t // patch_size
   masked = np.asarray(masked).reshape(num_leads, n)
@@ -35,11 +56,54 @@ def reconstruction(path: str, original: np.ndarray, pred: np.ndarray, masked: np
                  color="0.9", lw=0)
     ax.plot(time, original[i], "k", lw=0.7)
     ax.plot(time, np.where(np.repeat(masked[i], patch_size), pred[i], np.nan), "r", lw=0.7)
+    lo = float(np.nanmin(original[i])) if original[i].size else 0.0
+    ax.plot([time[0] - 0.02 * time[-1]] * 2, [lo, lo + 1.0], color="0.5", lw=2.5,
+            solid_capstyle="butt")
     ax.set_ylabel(leads[i], rotation=0, ha="right", va="center")
-    ax.set_yticks([])
+    ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(3))
+    ax.tick_params(axis="y", labelsize=6)
   axes[-1].set_xlabel("s")
-  fig.suptitle(f"step {step}: original (black), reconstruction of masked patches (red)")
+  fig.suptitle(f"step {step}: original (black), reconstruction of masked patches (red); "
+               f"amplitude in {units}, grey bar = 1 {units}")
   return _save(fig, path, dpi=80)
+
+
+def read_metrics(path: str) -> list[dict]:
+  """The rows of a metrics.jsonl (later rows for a step replace earlier ones on resume)."""
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+# (train key, val key, title) of each loss-curve panel.
+_CURVES = (("mae", "val_mae", "MAE (normalised patches)"),
+           ("nt_xent", "val_nt_xent", "NT-Xent"),
+           ("contrastive_acc", "val_contrastive_acc", "contrastive accuracy"))
+
+
+def loss_curves(path: str, rows: Sequence[dict],
+                references: dict[str, dict[str, float]] | None = None) -> str:
+  """Train and val curves per loss term; a term that is absent or all zero is left out.
+
+  ``references``: {panel train key: {label: value}} horizontal lines (e.g. a baseline's MAE); the
+  MAE panel always shows 1.0, what predicting each patch's mean scores.
+  """
+  panels = [p for p in _CURVES
+            if any(r.get(p[0]) or r.get(p[1]) for r in rows)] or list(_CURVES[:1])
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
+  for ax, (train_key, val_key, title) in zip(axes[0], panels):
+    for key, style, label in ((train_key, "-", "train"), (val_key, "o-", "val")):
+      pts = sorted({r["step"]: r[key] for r in rows if key in r}.items())
+      if pts:
+        ax.plot(*zip(*pts), style, ms=3, lw=1, label=label)
+    if train_key == "mae":
+      ax.axhline(1.0, color="0.6", ls=":", lw=1, label="patch mean (1.0)")
+    for ref_name, ref in (references or {}).get(train_key, {}).items():
+      ax.axhline(ref, color="tab:red", ls="--", lw=1, label=ref_name)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  return _save(fig, path, dpi=90)
 
 
 def roc_curves(path: str, curves: dict[str, tuple[np.ndarray, np.ndarray, float | None]],

@@ -30,6 +30,7 @@ from ecgjax import metrics as metrics_lib
 from ecgjax import preemption
 from ecgjax import sharding
 from ecgjax import state as state_lib
+from ecgjax import validation
 from ecgjax.data import augment
 from ecgjax.data import mixture
 from ecgjax.data import pipeline
@@ -107,6 +108,8 @@ def train_step(graphdef, state, batch: dict[str, jax.Array], step: jax.Array, *,
   x1, m1 = augment.augment_view(k_aug1, v["view1"], batch["lead_mask"], aug_cfg)
   x2, m2 = augment.augment_view(k_aug2, v["view2"], batch["lead_mask"], aug_cfg)
   views = {"view1": x1, "view2": x2, "mask1": m1, "mask2": m2}
+  if config.loss.get("target", "input") == "clean":  # MAE targets before augmentation.
+    views.update(target1=v["view1"], target2=v["view2"])
   (loss, aux), grads = loss_and_grads(model, views, k_loss, config)
   grad_norm = optax.global_norm(grads)
   optimizer.update(model, grads)
@@ -247,6 +250,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     flops = flops_per_step(config)
     peak = _peak_flops()
     plotter = _make_plotter(config, workdir, graphdef, mesh, writer)
+    validator = validation.make_validator(config, workdir, graphdef, shardings, mesh, window)
 
     sums, n_summed = None, 0
     t_log, step_log = time.time(), step
@@ -284,6 +288,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 f"skipped and the last good state is saved in {ckpt_lib.step_dir(manager, step)}")
         if plotter and (step % config.plot_every == 0 or step == config.total_steps):
           plotter(step, state)
+        if validator.due(step):
+          last.update(validator(step, state, writer))
         save_now = step % config.checkpoint_every == 0 or step == config.total_steps
         stop = preempt.should_stop(step, config.log_every)
         if save_now or stop:
@@ -297,6 +303,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           metrics_lib.log("SIGTERM: saved step %d, exiting", step)
           preempted = True
           break
+    if not preempted:
+      validator.plot()
   except preemption.Preempted as e:
     # Before the first step: the newest checkpoint (if any) already holds everything.
     metrics_lib.log("%s: stopping; nothing new to save", e)
@@ -318,13 +326,16 @@ def _make_plotter(config, workdir, graphdef, mesh, writer):
     return None
   from ecgjax import plots  # pylint: disable=g-import-not-at-top
   split = config.data.eval_split
+  data_mv = ml_collections.ConfigDict(config.data.to_dict())
+  data_mv.normalize = "none"  # the same windows in mV, for the figure's amplitude scale.
   try:
-    ds, _ = pipeline.make_eval_dataset(config.data, split, batch_size=4)
+    ds, _ = pipeline.make_eval_dataset(data_mv, split, batch_size=4)
   except ValueError:
-    ds, _ = pipeline.make_eval_dataset(config.data, config.data.train_split, batch_size=4)
+    ds, _ = pipeline.make_eval_dataset(data_mv, config.data.train_split, batch_size=4)
   batch = ds[0]
-  x = jnp.asarray(batch["view1"])
   mask = jnp.asarray(batch["lead_mask"])
+  x = windows.normalize(jnp.asarray(batch["view1"]), mask, config.data.normalize,
+                        window_config(config).lead_stats)
 
   @jax.jit
   def recon(state):
@@ -335,8 +346,9 @@ def _make_plotter(config, workdir, graphdef, mesh, writer):
     pred, masked = jax.device_get(recon(state))
     if jax.process_index() == 0:
       path = os.path.join(workdir, "plots", f"recon_{step:07d}.png")
-      plots.reconstruction(path, np.asarray(batch["view1"][0]), np.asarray(pred[0]),
-                           np.asarray(masked[0]), list(config.data.leads),
+      x_mv = np.asarray(batch["view1"][0])
+      pred_mv = plots.to_units(np.asarray(pred[0]), np.asarray(x[0]), x_mv)
+      plots.reconstruction(path, x_mv, pred_mv, np.asarray(masked[0]), list(config.data.leads),
                            config_lib.patch_size(config), config.data.sampling_rate, step)
       writer.image(step, "reconstruction", path)
   return plot

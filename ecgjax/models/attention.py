@@ -17,11 +17,11 @@ from flax import nnx
 
 
 def dense(din: int, dout: int, axes: tuple[str | None, str | None], *, dtype, param_dtype,
-          rngs: nnx.Rngs) -> nnx.Linear:
+          rngs: nnx.Rngs, kernel_init=None) -> nnx.Linear:
   """Linear layer whose kernel and bias carry logical sharding axes."""
   return nnx.Linear(
       din, dout, dtype=dtype, param_dtype=param_dtype,
-      kernel_init=nnx.with_partitioning(nnx.initializers.xavier_uniform(), axes),
+      kernel_init=nnx.with_partitioning(kernel_init or nnx.initializers.xavier_uniform(), axes),
       bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axes[1],)),
       rngs=rngs)
 

@@ -51,6 +51,10 @@ _COMMON = dict(
     remat="none",         # 'none' | 'full' | 'dots_saveable' | ... (bools accepted).
     attention_impl=None,
     layernorm_eps=1e-6,
+    # Decoder options (ablated in benchmarks/mae_ablation.py):
+    decoder_leadwise=False,   # each lead's patches attend only to that lead (ST-MEM style),
+                              # so cross-lead inference must happen in the encoder.
+    decoder_zero_init=False,  # zero output layer: the first prediction is the patch mean.
 )
 
 SIZES: dict[str, dict[str, Any]] = {
@@ -278,7 +282,9 @@ class SignalTransformer(nnx.Module):
               mlp_axis="decoder_mlp", **block_kw)
         for _ in range(cfg.decoder_depth)])
     self.decoder_norm = _layernorm(dd, cfg.layernorm_eps, **kw)
-    self.decoder_out = _dense(dd, cfg.patch_size, ("decoder_embed", "patch"), **kw)
+    out_init = nnx.initializers.zeros_init() if cfg.decoder_zero_init else None
+    self.decoder_out = _dense(dd, cfg.patch_size, ("decoder_embed", "patch"),
+                              kernel_init=out_init, **kw)
 
     # Projection head for NT-Xent.
     self.proj_in = _dense(d, cfg.proj_hidden, ("embed", "proj"), **kw)
@@ -392,7 +398,8 @@ class SignalTransformer(nnx.Module):
     Visible tokens are scattered back into a full grid of learned mask tokens (fixed
     shape; padding slots, ``visible_valid`` False, are dropped and leave a mask token),
     decoder lead and time embeddings are added and ``decoder_depth`` global blocks run
-    with absent leads masked out.
+    with absent leads masked out (and, with ``decoder_leadwise``, every lead apart from
+    the token's own).
     """
     b, l = lead_mask.shape
     n = num_patches
@@ -406,7 +413,10 @@ class SignalTransformer(nnx.Module):
     pos = self._positions(n, getattr(self, "decoder_pos_embed", None), dd)
     h = (h.reshape(b, l, n, dd) + self.decoder_lead_embed[...][:, None].astype(self.dtype)
          + pos[None].astype(self.dtype)).reshape(b, l * n, dd)
-    mask = _attention_mask(jnp.repeat(lead_mask, n, axis=1))
+    lead_id = None
+    if self.cfg.decoder_leadwise:
+      lead_id = jnp.broadcast_to(jnp.arange(l * n, dtype=jnp.int32) // n, (b, l * n))
+    mask = _attention_mask(jnp.repeat(lead_mask, n, axis=1), lead_id)
     h = self._run_blocks(self.decoder_blocks, h, [mask] * len(self.decoder_blocks))
     return self.decoder_out(self.decoder_norm(h)).astype(jnp.float32)
 

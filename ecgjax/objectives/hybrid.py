@@ -26,6 +26,9 @@ from ecgjax.objectives import mae
 from ecgjax.objectives import masking
 
 _KINDS = ("hl", "mae", "simclr")
+# MAE target: 'input' = the augmented view the encoder sees; 'clean' = the same window
+# before augmentation (batch['target1'/'target2']), so additive noise is never a target.
+TARGETS = ("input", "clean")
 
 
 def objective_config(kind: str = "hl", **overrides: Any) -> ml_collections.ConfigDict:
@@ -40,6 +43,8 @@ def objective_config(kind: str = "hl", **overrides: Any) -> ml_collections.Confi
       contrastive_weight=0.1,
       temperature=0.1,
       norm_target=True,
+      norm_eps=mae.REFERENCE_EPS,
+      target="input",
   ))
   if kind == "mae":
     cfg.contrastive_weight = 0.0
@@ -54,7 +59,20 @@ def objective_config(kind: str = "hl", **overrides: Any) -> ml_collections.Confi
   cfg.update(overrides)
   if cfg.mae_weight <= 0 and cfg.contrastive_weight <= 0:
     raise ValueError("At least one of mae_weight and contrastive_weight must be > 0.")
+  if cfg.target not in TARGETS:
+    raise ValueError(f"target={cfg.target!r}; choose from {TARGETS}.")
   return cfg
+
+
+def _targets(batch: dict[str, jax.Array],
+             cfg: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array]:
+  """The two views' MAE targets, [B, L, T] each (see ``TARGETS``)."""
+  target = cfg.get("target", "input")
+  if target == "clean":
+    return batch["target1"], batch["target2"]
+  if target != "input":
+    raise ValueError(f"loss.target={target!r}; choose from {TARGETS}.")
+  return batch["view1"], batch["view2"]
 
 
 def _mask(model, key: jax.Array, x: jax.Array, lead_mask: jax.Array,
@@ -76,7 +94,8 @@ def loss_fn(model, batch: dict[str, jax.Array], key: jax.Array,
 
   Args:
     model: a ``SignalTransformer``.
-    batch: {'view1', 'view2': [B, L, T] float32, 'mask1', 'mask2': [B, L] bool}.
+    batch: {'view1', 'view2': [B, L, T] float32, 'mask1', 'mask2': [B, L] bool}, plus
+      'target1', 'target2' [B, L, T] when ``cfg.target == 'clean'``.
     key: PRNG key for the masks.
     cfg: objective config (see ``objective_config``).
 
@@ -97,13 +116,14 @@ def loss_fn(model, batch: dict[str, jax.Array], key: jax.Array,
   loss, mae_term, nt, acc = zero, zero, zero, zero
   if mae_weight > 0:
     pred = model.decode(tokens, visible_idx, lead_mask, n, visible_valid)
-    target = model.patchify(x)
+    target = model.patchify(jnp.stack(_targets(batch, cfg), axis=1).reshape(2 * b, l, t))
     valid = jnp.repeat(lead_mask, n, axis=1)
     per_view = [
         mae.mae_loss(pred.reshape(b, 2, l * n, -1)[:, v],
                      target.reshape(b, 2, l * n, -1)[:, v],
                      masked.reshape(b, 2, -1)[:, v], valid.reshape(b, 2, -1)[:, v],
-                     norm_target=bool(cfg.norm_target))
+                     norm_target=bool(cfg.norm_target),
+                     eps=float(cfg.get("norm_eps", mae.REFERENCE_EPS)))
         for v in range(2)]
     mae_term = 0.5 * (per_view[0] + per_view[1])
     loss = loss + mae_weight * mae_term
@@ -138,6 +158,7 @@ def reconstruct(model, x: jax.Array, lead_mask: jax.Array, key: jax.Array,
   tokens, _ = model.encode(x, lead_mask, visible_idx, visible_valid)
   pred = model.decode(tokens, visible_idx, lead_mask, n, visible_valid)
   if cfg.norm_target:
-    mean, std = mae.patch_stats(model.patchify(x))
+    eps = float(cfg.get("norm_eps", mae.REFERENCE_EPS))
+    mean, std = mae.patch_stats(model.patchify(x), eps)
     pred = pred * std + mean
   return model.unpatchify(pred, x.shape[1]), masked
