@@ -6,8 +6,9 @@
 
 It re-implements, from the export's config.json alone, what ``ecgjax.load_pretrained(DIR)
 .embed`` computes: lead placement and masks, the eval window (``rpeak`` / ``first`` /
-``mean``), boxcar anti-alias + linear-interpolation resampling, per-lead normalisation,
-then the Signal Transformer encoder and the pooled (+) mean-token embedding. It is the
+``mean``), Kaiser-windowed-sinc resampling (low-pass at the lower Nyquist of the two
+rates, band-limited interpolation), per-lead normalisation, then the Signal Transformer
+encoder and the pooled (+) mean-token embedding. It is the
 executable form of the export's model card, and lets a colleague check or port the model
 without installing JAX. It computes in float64, so for a float32-compute export it agrees
 with ecgjax to ~1e-5; for a bfloat16-compute export the difference is bf16 rounding.
@@ -68,25 +69,51 @@ def layer_norm(x: np.ndarray, scale: np.ndarray, bias: np.ndarray, eps: float) -
   return (x - mean) / np.sqrt(var + eps) * scale + bias
 
 
-def resample(seg: np.ndarray, scale: np.ndarray, ratio: float, valid: int, k: int,
-             out_len: int) -> np.ndarray:
-  """Raw segment [L, S] -> [L, out_len] mV: boxcar of ``k`` samples, then linear interpolation.
+# The resampling kernel of ecgjax.data.windows (preprocess.RESAMPLE_HALF_WIDTH, _KAISER_BETA):
+# a Kaiser-windowed sinc with 8 zero crossings a side, in periods of the lower of the two rates.
+RESAMPLE_HALF_WIDTH = 8
+KAISER_BETA = 5.0
 
-  Output sample t sits at source position t * ratio; block j of the decimated signal
-  averages source samples [jk, jk + k) and sits at jk + (k - 1) / 2. Positions are computed
-  in float32 as ecgjax does (they pick the interpolation nodes); sums in float64.
+
+def resample_context(ratio: float) -> int:
+  """Source samples the kernel reaches past an output at ``ratio`` source samples per output."""
+  return int(math.ceil(RESAMPLE_HALF_WIDTH * max(ratio, 1.0))) + 1
+
+
+def kernel(x: np.ndarray) -> np.ndarray:
+  """Kaiser-windowed sinc at ``x`` cutoff half-periods (zero for |x| >= the half width)."""
+  z = RESAMPLE_HALF_WIDTH
+  arg = np.sqrt(np.maximum(1.0 - np.square(x / z), 0.0))
+  window = np.i0(KAISER_BETA * arg) / np.i0(KAISER_BETA)
+  return np.where(np.abs(x) < z, np.sinc(x) * window, 0.0)
+
+
+def resample(seg: np.ndarray, ratio: float, valid: int, out_len: int, context: int
+             ) -> np.ndarray:
+  """Raw segment [L, S] (mV) -> [L, out_len]: windowed-sinc low-pass + interpolation.
+
+  ``seg`` starts ``context`` samples before the window's first sample (zeros where that
+  is before the record's start) and holds the record up to index ``valid``. Output t sits
+  at source position ``context + t * ratio``; its value is the kernel-weighted sum of the
+  ``2 * context + 2`` source samples around it, the kernel stretched to the lower Nyquist
+  of the two rates (``max(ratio, 1)`` source samples per cutoff half-period), so tones
+  above the new Nyquist are removed rather than aliased. Weights on samples past the
+  record's end are dropped and the rest renormalised to sum 1 (DC stays exact there);
+  outputs past the record's end are 0. Positions are float32 as in ecgjax, where XLA
+  fuses ``context + t * r`` into one multiply-add: the exact value (float64 holds it)
+  rounded once. A 1-ulp position error would move a noisy window by ~1e-4. Weights and
+  sums are float64.
   """
-  s = seg.shape[1]
-  csum = np.pad(np.cumsum(seg.astype(np.float64), axis=-1), ((0, 0), (1, 0)))
-  kf = np.float32(k)
-  t = np.arange(out_len, dtype=np.float32)
-  pos = np.maximum(t * (np.float32(ratio) / kf) - (kf - 1) / (2 * kf), np.float32(0))
-  i0 = np.minimum(pos.astype(np.int32), s // k - 2)
-  frac = (pos - i0).astype(np.float64)
-  c0, c1, c2 = csum[:, i0 * k], csum[:, (i0 + 1) * k], csum[:, (i0 + 2) * k]
-  lo, hi = c1 - c0, c2 - c1
-  y = (lo + (hi - lo) * frac) * scale[:, None]
-  return np.where(pos <= valid // k - 1, y, 0.0)
+  taps = 2 * context + 2
+  r = np.float32(ratio)
+  pos = (context + np.arange(out_len, dtype=np.float64) * r).astype(np.float32)  # [T]
+  j = np.floor(pos).astype(np.int64)[:, None] + np.arange(1 - taps // 2, taps // 2 + 1)
+  w = kernel((pos[:, None].astype(np.float64) - j) / max(float(r), 1.0))   # [T, taps]
+  w = np.where((j >= 0) & (j < valid), w, 0.0)
+  w = w / np.maximum(w.sum(-1, keepdims=True), 1e-6)
+  x = seg.astype(np.float64)[:, np.clip(j, 0, seg.shape[1] - 1)]           # [L, T, taps]
+  y = np.einsum("ltk,tk->lt", x, w)
+  return np.where(pos <= np.float32(valid) - 1, y, 0.0)
 
 
 class NumpyEncoder:
@@ -171,15 +198,17 @@ class NumpyEncoder:
     rows = np.asarray([where.get(l, -1) for l in self.leads])
     present = rows >= 0
     ratio = fs / self.sampling_rate
-    k = int(ratio) if ratio >= 2 else 1
-    seg_len = int(np.ceil(self.window_samples * ratio)) + 2 * max(1, int(ratio)) + 2
-    scale = np.where(present, 1.0 / k, 0.0)
+    # Each window is cut with `context` samples of margin on both sides for the kernel.
+    context = resample_context(ratio)
+    seg_len = 2 * context + int(math.ceil(self.window_samples * ratio)) + 1
     out = []
     for s in starts:
-      valid = max(0, min(seg_len, n - s))
+      first = s - context  # < 0 for a window at the record's start: zeros before it.
+      lead_in = max(0, -first)
+      valid = max(0, min(seg_len, n - first))
       seg = np.zeros((len(self.leads), seg_len), np.float32)
-      seg[present, :valid] = x[rows[present], s:s + valid]
-      y = resample(seg, scale, ratio, valid, k, self.window_samples)
+      seg[present, lead_in:valid] = x[rows[present], first + lead_in:first + valid]
+      y = resample(seg, ratio, valid, self.window_samples, context)
       out.append(self._normalise(y, present))
     return np.stack(out), present
 

@@ -164,9 +164,13 @@ def render(meta: dict[str, Any], tensors: list[tuple[str, tuple[int, ...], str]]
           f"of `ceil({window} * fs / {rate:g})` source samples, else at sample 0. Modes "
           "`first` (sample 0) and `mean` (mean embedding over consecutive non-overlapping "
           "windows from sample 0) need no R peaks.",
-          f"4. Resampling to {rate:g} Hz: when `fs >= 2 * {rate:g}`, a boxcar average over "
-          f"`k = int(fs / {rate:g})` samples (anti-alias), then linear interpolation at "
-          f"`fs / {rate:g}` source samples per output sample, {window} output samples.",
+          f"4. Resampling to {rate:g} Hz, {window} output samples: output `t` sits at source "
+          f"position `t * r` from the window's start (`r = fs / {rate:g}`); its value is the "
+          "weighted sum of the source samples around it, weights a Kaiser-windowed sinc "
+          "(beta 5, 8 zero crossings a side) whose cutoff is the lower Nyquist of the two "
+          "rates (`max(r, 1)` source samples per zero crossing): low-pass and band-limited "
+          "interpolation in one. Samples before the record's start count as 0; weights on "
+          "samples past its end are dropped and the rest renormalised to sum 1.",
           f"5. Normalisation `{meta.get('normalize')}`: `record` = per lead, subtract the "
           "window mean and divide by (RMS of the centred window + 1e-3); `dataset` = "
           "`(x - mean) / (std + 1e-3)` with `lead_stats` from config.json; `none` = mV. "
