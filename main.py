@@ -124,7 +124,7 @@ def main(argv) -> None:
     _run_job(config)
   except preemption.Preempted as e:
     logging.info("%s: stopped cleanly (training state is checkpointed)", e)
-    _exit_now_if_multiprocess(status=0, log=False)
+    preemption.exit_now(0)
   except Exception as e:  # pylint: disable=broad-except
     if _VERBOSE.value or not _is_user_error(e):
       _exit_now_if_multiprocess()
@@ -178,12 +178,12 @@ def _run_job(config) -> None:
 
 
 def pretrain(config, workdir: str) -> dict:
-  """Trains; then, unless preempted, the end-of-run probe (which a SIGTERM cuts short)."""
+  """Trains; then the end-of-run probe (which a SIGTERM cuts short). Preempted: exits 0 at once."""
   from ecgjax import train  # pylint: disable=g-import-not-at-top
   result = train.train_and_evaluate(config, workdir)
   if result.get("preempted"):
     logging.info("preempted at step %d: saved; skipping the end-of-run jobs", result["step"])
-    return result
+    preemption.exit_now(0)
   if config.get("probe_at_end"):
     from ecgjax.evaluation import probe  # pylint: disable=g-import-not-at-top
     with preemption.abort_on_sigterm():

@@ -108,7 +108,7 @@ def main() -> None:
   results = {"embed": _measure("embed", lambda: lambda m, x, lm: m.embed(x, lm), model,
                                (x, lead_mask), cfg, total, total, True, a.steps)}
   for ratio in (float(r) for r in a.mask_ratios.split(",")):
-    idx, _ = masking.multiscale_mask(jax.random.key(1), a.batch, l, n, lead_mask, ratio)
+    idx = masking.multiscale_mask(jax.random.key(1), a.batch, l, n, lead_mask, ratio).visible_idx
     k = idx.shape[1]
 
     def make(idx=idx):

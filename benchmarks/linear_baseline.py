@@ -77,10 +77,10 @@ def predict(x: np.ndarray, visible: np.ndarray, present: np.ndarray, cov: np.nda
 def eval_masks(config, index: int, b: int, l: int, n: int, present: np.ndarray) -> np.ndarray:
   """[B, L*n] bool: the masks ``hybrid.reconstruct`` draws for eval batch ``index``."""
   loss = config.loss
-  _, masked = masking.multiscale_mask(
+  tm = masking.multiscale_mask(
       validation.mask_key(config.seed, index), b, l, n, present, float(loss.mask_ratio),
       tuple(loss.span_scales), float(loss.whole_lead_prob))
-  return np.asarray(masked)
+  return np.asarray(tm.masked)
 
 
 def score(config, window, cov: np.ndarray, space: str = "model",

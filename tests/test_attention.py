@@ -32,7 +32,7 @@ def _inputs(mask_ratio):
   lead_mask = jnp.array([[1, 1, 1, 1], [1, 1, 0, 1], [0, 1, 1, 0]], bool)
   if mask_ratio is None:
     return x, lead_mask, None
-  idx, _ = masking.multiscale_mask(jax.random.key(2), B, L, N, lead_mask, mask_ratio)
+  idx = masking.multiscale_mask(jax.random.key(2), B, L, N, lead_mask, mask_ratio).visible_idx
   return x, lead_mask, idx
 
 
@@ -60,8 +60,9 @@ def test_per_lead_local_attention_equals_dense_masked(monkeypatch, mask_ratio):
   flat_ref = jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(ref[2]))
   flat_got = dict(jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(got[2])))
   assert len(flat_ref) > 20
-  for path, g in flat_ref:
-    np.testing.assert_allclose(flat_got[path], g, rtol=1e-4, atol=1e-5,
+  for path, g in flat_ref:  # fp32 summation-order noise scales with the leaf's magnitude.
+    atol = 1e-5 * max(1.0, float(np.max(np.abs(g))))
+    np.testing.assert_allclose(flat_got[path], g, rtol=1e-4, atol=atol,
                                err_msg=jax.tree_util.keystr(path))
 
 

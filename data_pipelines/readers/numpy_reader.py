@@ -24,7 +24,7 @@ def _h5_datasets(f) -> dict[str, Any]:
 
 
 SIDECAR_KEYS = ("sampling_rate", "leads", "labels", "label_names", "record_ids", "splits",
-                "units", "gain", "signal_key", "layout")
+                "patient_ids", "units", "gain", "signal_key", "layout")
 
 
 class NumpyReader(_ValidatingReader):
@@ -33,8 +33,9 @@ class NumpyReader(_ValidatingReader):
   Everything not given as an argument comes from a sidecar JSON (``<input>.json``,
   ``<input without extension>.json`` or ``meta.json`` in a directory) with keys
   sampling_rate, leads, labels, label_names, record_ids, splits, units ('mV', 'uV'),
-  gain, signal_key, layout, patient_ids. labels / record_ids / splits / patient_ids may be lists (one entry per
-  record, or a dict by record_id) or the name of an array in the .npz / .h5; ``labels``
+  gain, signal_key, layout, patient_ids. labels / record_ids / splits / patient_ids may be
+  lists (one entry per record, or a dict by record_id) or the name of an array in the
+  .npz / .h5; ``labels``
   may also be a CSV path (``record_id,label...``). [N, samples, leads] arrays are
   transposed when the lead count identifies the layout (or ``layout='NTC'``).
 
