@@ -236,24 +236,18 @@ class MixtureBatches(grain.MapDataset):
         self.batch_size)
     return src[order], pos[order]
 
-  def _read(self, s: int, position: int):
-    for attempt in range(pipeline.MAX_REPLACEMENTS):
-      data = self.sources[s][self.orders[s][position + attempt * self._per_epoch[s]]]
-      if data is not None:
-        return data
-    raise RuntimeError(f"{pipeline.MAX_REPLACEMENTS} records in a row were corrupt in "
-                       f"{self.sources[s]!r}; the shards need re-converting")
-
   def __getitem__(self, index):
     if isinstance(index, slice):
       return self.slice(index)
     k, b = int(index), self.batch_size
-    draws = np.random.default_rng((self.seed, self.process_index, k)).random(
-        (b, self.cutter.views, 2))
+    draws = pipeline.batch_draws(self.seed, self.process_index, k, b, self.cutter.views)
     out = self.cutter.new_batch(b)
     out["source"] = np.empty(b, np.int32)
     for j, (s, position) in enumerate(zip(*self.rows(k))):
-      self.cutter.fill(out, j, self._read(int(s), int(position)), draws[j])
+      s = int(s)
+      record = pipeline.read_replacing_corrupt(self.sources[s], self.orders[s], int(position),
+                                               self._per_epoch[s])
+      self.cutter.fill(out, j, record, draws[j])
       out["source"][j] = s
     return out
 

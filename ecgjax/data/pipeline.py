@@ -253,27 +253,36 @@ class TrainBatches(grain.MapDataset):
   def __str__(self) -> str:
     return f"TrainBatches({self.source!r}, batch={self.batch_size}, seed={self.seed})"
 
-  def _read(self, position: int):
-    for attempt in range(MAX_REPLACEMENTS):
-      data = self.source[self.order[position + attempt * self._per_epoch]]
-      if data is not None:
-        return data
-    raise RuntimeError(f"{MAX_REPLACEMENTS} records in a row were corrupt in {self.source!r}; "
-                       "the shards need re-converting")
-
   def __getitem__(self, index):
     if isinstance(index, slice):
       return self.slice(index)
     k, b = int(index), self.batch_size
-    draws = np.random.default_rng((self.seed, self.process_index, k)).random(
-        (b, self.cutter.views, 2))
+    draws = batch_draws(self.seed, self.process_index, k, b, self.cutter.views)
     out = self.cutter.new_batch(b)
     for j in range(b):
-      self.cutter.fill(out, j, self._read(k * b + j), draws[j])
+      record = read_replacing_corrupt(self.source, self.order, k * b + j, self._per_epoch)
+      self.cutter.fill(out, j, record, draws[j])
     return out
 
 
 MAX_REPLACEMENTS = 100
+
+
+def batch_draws(seed: int, process_index: int, k: int, batch: int, views: int) -> np.ndarray:
+  """[batch, views, 2] uniforms (stretch, beat) of batch k: one generator per batch."""
+  return np.random.default_rng((seed, process_index, k)).random((batch, views, 2))
+
+
+def read_replacing_corrupt(source: ShardedSource, order: RecordOrder, position: int,
+                           per_epoch: int):
+  """The record at ``position`` of a process's stream, or, when it is corrupt (``None``,
+  skip_corrupt), the one at the same position of the next epoch, so batches keep their size."""
+  for attempt in range(MAX_REPLACEMENTS):
+    data = source[order[position + attempt * per_epoch]]
+    if data is not None:
+      return data
+  raise RuntimeError(f"{MAX_REPLACEMENTS} records in a row were corrupt in {source!r}; "
+                     "the shards need re-converting")
 
 
 class ResampleViews(grain.transforms.Map):
