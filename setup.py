@@ -31,9 +31,11 @@ setup(
         "tensorboardX",
         "tqdm",
         "matplotlib",
+        "fsspec",  # gs:// and other URLs wherever a path is taken (ecgjax/storage.py).
+        "gcsfs",
     ],
     extras_require={
-        "dev": ["pytest", "pytest-xdist", "tensorboard"],
+        "dev": ["pytest", "pytest-xdist", "tensorboard", "gcp-storage-emulator"],
         "viz": ["tensorboard"],         # `tensorboard --logdir=WORKDIR` (the writer is tensorboardX).
         "tf": ["tensorflow-cpu"],       # interop tests / tf.data baseline only.
         "beam": ["apache-beam"],        # data_pipelines.beam_convert (multi-machine conversion).

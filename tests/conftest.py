@@ -47,3 +47,49 @@ def micro_config(data_path: str, objective: str = "hl"):
                    proj_hidden=32, proj_dim=16)
   cfg.optim.warmup_steps = 2
   return cfg
+
+
+# gcsfs >= 2025.x probes each bucket's type over gRPC first (60 s timeout against an emulator);
+# it reads this at import, so it is set before any test imports gcsfs.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
+
+def _free_port() -> int:
+  import socket
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+  """A real GCS JSON API server (gcp-storage-emulator) in this process: ``gs://ecgjax-test``.
+
+  gcsfs and google-cloud-storage find it through ``STORAGE_EMULATOR_HOST``, tensorstore (Orbax)
+  through ``TENSORSTORE_GCS_HTTP_URL``; subprocesses inherit both. Yields the bucket URL.
+  """
+  server_mod = pytest.importorskip("gcp_storage_emulator.server")
+  pytest.importorskip("gcsfs")
+  import logging
+  import fsspec
+  port = _free_port()
+  server = server_mod.create_server("localhost", port, in_memory=True,
+                                    default_bucket="ecgjax-test")
+  server.start()
+  logging.getLogger("gcp_storage_emulator").setLevel(logging.CRITICAL)  # 404s are expected.
+  url = f"http://localhost:{port}"
+  env = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
+         "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+  old = {k: os.environ.get(k) for k in env}
+  os.environ.update(env)
+  fsspec.filesystem("gs").clear_instance_cache()
+  try:
+    yield "gs://ecgjax-test"
+  finally:
+    server.stop()
+    for k, v in old.items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v
+    fsspec.filesystem("gs").clear_instance_cache()

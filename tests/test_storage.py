@@ -1,0 +1,60 @@
+"""ecgjax.storage against a local directory and a real GCS API server (the emulator)."""
+import os
+
+import pytest
+
+from ecgjax import storage
+
+
+@pytest.fixture(params=["local", "gcs"])
+def root(request, tmp_path):
+  if request.param == "local":
+    return str(tmp_path)
+  bucket = request.getfixturevalue("gcs_emulator")
+  return f"{bucket}/storage_test_{os.getpid()}"
+
+
+def test_write_read_list_and_ranges(root):
+  path = storage.join(root, "a", "b.bin")
+  storage.makedirs(storage.dirname(path))
+  storage.write_bytes(path, b"0123456789")
+  assert storage.exists(path) and storage.isfile(path)
+  assert storage.isdir(storage.join(root, "a"))
+  assert storage.read_bytes(path) == b"0123456789"
+  assert storage.read_range(path, 3, 6) == b"345"
+  assert storage.read_range(path, 8, 20) == b"89"  # short at the end, as a local read is.
+  assert storage.getsize(path) == 10
+  assert storage.listdir(storage.join(root, "a")) == ["b.bin"]
+  assert storage.glob(storage.join(root, "a", "*.bin")) == [path]
+  storage.write_text(storage.join(root, "a", "c", "d.txt"), "hé")
+  assert storage.walk_files(root) == ["a/b.bin", "a/c/d.txt"]
+  with storage.open(storage.join(root, "a", "c", "d.txt")) as f:
+    assert f.read() == "hé"
+  with storage.local_copy(path) as local:
+    assert not storage.is_remote(local) and open(local, "rb").read() == b"0123456789"
+  storage.remove(path)
+  assert not storage.exists(path)
+  storage.rmtree(storage.join(root, "a"))
+  assert not storage.exists(storage.join(root, "a", "c", "d.txt"))
+
+
+def test_write_bytes_replaces_whole_file(root):
+  path = storage.join(root, "f.json")
+  storage.write_text(path, "old content, longer")
+  storage.write_text(path, "new")
+  assert storage.read_text(path) == "new"
+  if not storage.is_remote(root):
+    assert os.listdir(root) == ["f.json"]  # no temporary file left behind.
+
+
+def test_unknown_scheme_names_the_path():
+  with pytest.raises(OSError, match="nosuchfs://x/y"):
+    storage.exists("nosuchfs://x/y")
+
+
+def test_paths():
+  assert storage.is_remote("gs://b/x") and not storage.is_remote("/tmp/x")
+  assert not storage.is_remote("file:///tmp/x")
+  assert storage.join("gs://b/x", "y", "z") == "gs://b/x/y/z"
+  assert storage.basename("gs://b/x/y/") == "y" and storage.dirname("gs://b/x/y") == "gs://b/x"
+  assert storage.abspath("gs://b/x") == "gs://b/x"
