@@ -195,6 +195,7 @@ def probe_encoder(name: str, seed: int | None, data, labels: list[str], multilab
       runs.append({"encoder": name, "seed": seed, "fraction": fraction, "draw": draw,
                    "auroc": row["test"]["macro_auroc"], "f1": row["test"]["macro_f1"],
                    "val_auroc": row["val"]["macro_auroc"], "l2": row["l2"],
+                   "l2_at_edge": row["l2_at_edge"],
                    "val_auroc_by_l2": row["val_macro_auroc_by_l2"],
                    "num_train": row["num_train"], "converged": row["converged"]})
       preds[(fraction, draw)] = roc["p"]

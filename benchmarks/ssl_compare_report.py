@@ -33,10 +33,13 @@ def mean_sd_over_seeds(runs: Sequence[dict[str, Any]], key: str) -> tuple[float,
 
 
 def l2_edges(runs: Sequence[dict[str, Any]], grid: Sequence[float]) -> dict[str, int]:
-  """How many runs chose the smallest / largest L2 of ``grid`` (an edge = grid too narrow)."""
+  """Runs whose chosen L2 is the smallest / largest of ``grid`` *and* still improving there
+  (``l2_at_edge``, see ``probe.l2_at_edge``): only those say the grid is too narrow. Runs
+  without that field count whenever they chose an end."""
   lo, hi = min(grid), max(grid)
-  return {"runs": len(runs), "at_min": int(sum(np.isclose(r["l2"], lo) for r in runs)),
-          "at_max": int(sum(np.isclose(r["l2"], hi) for r in runs))}
+  edge = lambda r, end: bool(np.isclose(r["l2"], end) and r.get("l2_at_edge", True))
+  return {"runs": len(runs), "at_min": int(sum(edge(r, lo) for r in runs)),
+          "at_max": int(sum(edge(r, hi) for r in runs))}
 
 
 def per_seed_differences(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]],

@@ -319,3 +319,27 @@ def test_ptbxl_subset_multilabel_probe_and_embedding_match(trained_run, tmp_path
   signals = np.stack([r["signal"].astype(np.float32) / r["gain"][:, None] for r in recs])
   got = ecgjax.load_pretrained(export_dir).embed(signals, 100.0, recs[0]["leads"])
   np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_strong_l2_plateau_is_not_a_grid_edge():
+  """At 1% labels the chosen L2 often sits at the top of the grid. That is a plateau, not a
+  narrow grid: as L2 grows the weights tend to sum_i (y_i - mean y) x_i / L2 (an independent
+  numpy computation here), so the val AUROC stops changing and the stronger-L2 tie-break lands on
+  the end. ``l2_at_edge`` must say no then, and yes when the end is still improving."""
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((400, 32)).astype(np.float32)
+  y = (x[:, :4].sum(1) + 2.0 * rng.standard_normal(400) > 0).astype(np.float32)[:, None]
+  w = np.zeros(400, np.float32)
+  w[:18] = 1.0  # 18 labelled records, like the 1% fraction of the PTB-XL subset.
+  grid = [1e-5, 1e-3, 1e-1, 1e1, 1e3, 1e5]
+  fit = probe_fit.fit(x, y, w, grid, multilabel=True)
+  xv, yv = x[200:], y[200:, 0]
+  scores = [pm.auroc(yv, probe_fit.predict(xv, fit.w[g], fit.b[g], True)[:, 0])
+            for g in range(len(grid))]
+  direction = ((y[:18, 0] - y[:18, 0].mean())[:, None] * x[:18]).sum(0)
+  limit = pm.auroc(yv, xv @ direction)
+  assert scores[-1] == pytest.approx(limit, abs=1e-3)
+  assert scores[-2] == pytest.approx(scores[-1], abs=1e-3)  # the plateau.
+  assert not probe.l2_at_edge(scores, len(grid) - 1)
+  assert probe.l2_at_edge([0.5, 0.6, 0.7], 2) and probe.l2_at_edge([0.9, 0.6, 0.7], 0)
+  assert not probe.l2_at_edge([0.5, 0.8, 0.7], 1) and not probe.l2_at_edge([0.7, 0.6, 0.6], 2)

@@ -134,3 +134,10 @@ def test_paired_differences_and_markdown_end_to_end_on_synthetic_runs():
            for e in preds}
   md = report.markdown(meta, runs, list(preds), [0.01, 1.0], diffs, edges)
   assert "hl − random_init | 100% |" in md and "Differences whose 95% paired CI excludes 0" in md
+
+
+def test_l2_plateau_at_the_end_is_not_counted_as_an_edge():
+  grid = [1e-3, 1e-2, 1e-1]
+  runs = [{"l2": 1e-1, "l2_at_edge": False}, {"l2": 1e-1, "l2_at_edge": True},
+          {"l2": 1e-3, "l2_at_edge": False}]
+  assert report.l2_edges(runs, grid) == {"runs": 3, "at_min": 0, "at_max": 1}

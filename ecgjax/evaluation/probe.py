@@ -18,7 +18,7 @@ import datetime
 import logging
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import ml_collections
@@ -201,6 +201,22 @@ def _select_l2(fit: probe_fit.Fit, zval: np.ndarray, yval: np.ndarray, multilabe
   return int(np.argmin(losses)), by_l2, "val log-loss (val macro AUROC undefined)"
 
 
+def l2_at_edge(scores: Sequence[float | None], g: int, tol: float = 1e-3) -> bool:
+  """Whether grid index ``g`` is an end of the (ascending) grid and beats its neighbour by > tol.
+
+  Only then may the optimum lie beyond the grid. A plateau that reaches the end is not a
+  too-narrow grid: as L2 grows the weights tend to X^T (y - mean y) / L2, whose ranking, and so
+  AUROC, no longer changes (likewise as L2 -> 0 on separable data), so several strong values tie
+  and the tie-break (stronger L2) lands on the end. ``None`` scores (undefined AUROC) count as
+  lowest.
+  """
+  n = len(scores)
+  if n < 2 or g not in (0, n - 1):
+    return False
+  s = [-1.0 if v is None or not np.isfinite(v) else float(v) for v in scores]
+  return s[g] > s[1 if g == 0 else n - 2] + tol
+
+
 def fit_and_evaluate(data: dict[str, tuple[np.ndarray, np.ndarray]], labels: list[str],
                      multilabel: bool, config, on_predictions: Callable[..., None] | None = None
                      ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -221,8 +237,10 @@ def fit_and_evaluate(data: dict[str, tuple[np.ndarray, np.ndarray]], labels: lis
                         int(config.max_iter), float(config.tol))
     g, by_l2, criterion = _select_l2(fit, z(xva), yva, multilabel)
     notes = []
-    if len(fit.l2) > 1 and fit.l2[g] in (fit.l2.min(), fit.l2.max()):
-      notes.append(f"selected L2 {fit.l2[g]:g} is at the edge of l2_grid; consider extending it")
+    at_edge = l2_at_edge(list(by_l2.values()), g)
+    if at_edge:
+      notes.append(f"selected L2 {fit.l2[g]:g} is at the edge of l2_grid and still improving "
+                   "there; consider extending it")
     pva = probe_fit.predict(z(xva), fit.w[g], fit.b[g], multilabel)
     pte = probe_fit.predict(z(xte), fit.w[g], fit.b[g], multilabel)
     thresholds = np.full(len(labels), 0.5)
@@ -248,6 +266,7 @@ def fit_and_evaluate(data: dict[str, tuple[np.ndarray, np.ndarray]], labels: lis
         "label_fraction": fraction, "num_train": int(idx.size),
         "train_class_counts": probe_data.class_counts(ytr[idx], labels),
         "l2": float(fit.l2[g]), "l2_selected_by": criterion, "val_macro_auroc_by_l2": by_l2,
+        "l2_at_edge": at_edge,
         "lbfgs_iterations": int(fit.iterations[g]),
         "converged": bool(fit.iterations[g] < int(config.max_iter)),
         "val": {k: val[k] for k in ("macro_auroc", "macro_f1", "skipped_classes")},
