@@ -7,8 +7,9 @@
 #           --command="cd DIR && ECGJAX_DISTRIBUTED=auto python3 main.py ARGS..."
 #       DIR (default: ecgjax, relative to the remote home) must hold this repo on every worker
 #       (e.g. `gcloud compute tpus tpu-vm scp --recurse --worker=all . NAME:ecgjax`), and
-#       --workdir and --config.data.path must be directories every worker sees (a Filestore/NFS
-#       mount or a gcsfuse-mounted bucket: the code uses local file APIs, not gs:// paths).
+#       --workdir and --config.data.path must be places every worker sees: gs://BUCKET/...
+#       URLs (read and written directly; the VM's service account needs object read/write
+#       on the bucket) or a shared mount (Filestore/NFS).
 #       ECGJAX_DISTRIBUTED=auto makes main.py call jax.distributed.initialize() with no
 #       arguments; JAX finds the workers from the TPU metadata server.
 #
@@ -25,7 +26,7 @@
 #       Starts N processes on this machine, each with D (default 2) fake CPU devices, gloo
 #       collectives and a coordinator on a free local port: the multi-host code path
 #       (distributed init, per-process data, global arrays, Orbax barriers) without a
-#       cluster. Output goes to WORKDIR/logs/process_I.log (WORKDIR from --workdir=,
+#       cluster. Output goes to WORKDIR/logs/process_I.log (WORKDIR from a local --workdir=,
 #       else $ECGJAX_LOG_DIR or a temp dir) and, prefixed with [I], to stdout. Waits for all;
 #       if one fails, the others are stopped and the exit status is the first failure's.
 #
@@ -133,7 +134,7 @@ launch_local() {
   [[ "$num_local" =~ ^[1-9][0-9]*$ ]] || { echo "launch.sh: --local N needs N >= 1" >&2; exit 2; }
   local workdir log_dir port xla_flags i
   workdir="$(workdir_arg)"
-  if [[ -n "$workdir" ]]; then
+  if [[ -n "$workdir" && "$workdir" != *://* ]]; then  # (a URL workdir: logs stay local.)
     log_dir="$workdir/logs"
   else
     log_dir="${ECGJAX_LOG_DIR:-$(mktemp -d -t ecgjax_logs.XXXXXX)}"
