@@ -12,6 +12,8 @@ peer in a second process at the batch JAX used (same device, same batch):
   --objective=hl|mae|simclr   --dtype=auto|bfloat16|float32 (auto: bf16 on accelerators,
           fp32 on CPU where bf16 matmuls are emulated)   --remat=none|full|dots_saveable|...
   --attention=xla|cudnn   --torch   --stmem   --out=benchmarks/results/NAME.json
+  --profile=DIR (trace 3 more steps into DIR/MODEL_SECONDSs and print the top ops by device
+          time: benchmarks/profile_table.py)
   --no-jax (only --torch/--stmem, at --batch=N: on a GPU time PyTorch in its own process,
           because JAX keeps the memory it has used and PyTorch then runs out of it)
 
@@ -94,8 +96,10 @@ def _is_oom(e: BaseException) -> bool:
   return any(m in str(e) for m in _OOM_MARKERS)
 
 
-def run_jax(config, steps: int, warmup: int = 2) -> dict[str, Any]:
-  """Builds, compiles and times the production step for ``config``."""
+def run_jax(config, steps: int, warmup: int = 2, profile_dir: str | None = None,
+            profile_steps: int = 3) -> dict[str, Any]:
+  """Builds, compiles and times the production step for ``config``; with ``profile_dir``,
+  then traces ``profile_steps`` more steps there and tabulates the top ops by device time."""
   mesh = sharding.make_mesh(config.mesh)
   graphdef, state, shardings, _ = state_lib.create_state(config, mesh)
   t0 = time.perf_counter()
@@ -106,7 +110,7 @@ def run_jax(config, steps: int, warmup: int = 2) -> dict[str, Any]:
   batch = {k: jax.device_put(host[k], v.sharding) for k, v in batch_abs.items()}
   # Step counters made up front: the timed loop does no host -> device work.
   counters = [jax.device_put(jnp.asarray(i, jnp.int32), sharding.replicated(mesh))
-              for i in range(warmup + steps)]
+              for i in range(warmup + steps + profile_steps)]
   times = []
   metrics = None
   for i in range(warmup + steps):
@@ -115,13 +119,23 @@ def run_jax(config, steps: int, warmup: int = 2) -> dict[str, Any]:
     jax.block_until_ready((state, metrics))
     if i >= warmup:
       times.append(time.perf_counter() - t)
+  profile = None
+  if profile_dir:
+    import profile_table  # pylint: disable=g-import-not-at-top
+    with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
+      for i in range(warmup + steps, warmup + steps + profile_steps):
+        state, metrics = compiled(state, batch, counters[i])
+        jax.block_until_ready((state, metrics))
+    rows, where = profile_table.top_ops(profile_table.load_trace(profile_dir), profile_steps)
+    profile = {"dir": profile_dir, "steps": profile_steps, "where": where, "top_ops": rows}
+    print(profile_table.markdown(rows, where), flush=True)
   loss = float(metrics["loss"])
   mem = _memory(compiled)
   xla_flops = _xla_flops(compiled)
   del state, compiled, batch
   gc.collect()
   return dict(compile_s=compile_s, step_times_s=times, loss=loss, memory=mem,
-              xla_flops_per_step=xla_flops)
+              xla_flops_per_step=xla_flops, profile=profile)
 
 
 def find_max_batch(make, steps: int, start: int) -> tuple[int, dict[str, Any]]:
@@ -161,7 +175,7 @@ def summarise(config, r: dict[str, Any]) -> dict[str, Any]:
       achieved_tflops=achieved / 1e12,
       mfu=(achieved / (peak * jax.device_count())) if peak else None,
       compile_s=r["compile_s"], loss=r["loss"], memory=r["memory"],
-      step_times_s=r["step_times_s"])
+      step_times_s=r["step_times_s"], profile=r.get("profile"))
 
 
 def _torch_results(config, args, which: str = "benchmark_config") -> dict[str, Any]:
@@ -217,6 +231,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   p.add_argument("--torch_compile", default="eager,compile",
                  help="PyTorch modes to time: eager and/or compile")
   p.add_argument("--out", default=None, help="JSON path (default: print only)")
+  p.add_argument("--profile", default=None,
+                 help="trace dir: after timing, trace 3 steps and print the top ops "
+                      "(benchmarks/profile_table.py); at a fixed --batch only")
   args = p.parse_args(argv)
   if not args.jax:  # Read when JAX first makes its GPU client (just below): leave PyTorch room.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -241,7 +258,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       max_batch = batch if on_accelerator() else None
     else:
       batch = int(args.batch) if args.batch else default_batch
-      r, max_batch = run_jax(make(batch), args.steps), None
+      trace = args.profile and os.path.join(args.profile, f"{args.model}_{seconds:g}s")
+      r, max_batch = run_jax(make(batch), args.steps, profile_dir=trace), None
     config = make(batch)
     row = dict(model=args.model, seconds=seconds, batch=batch, max_batch_pow2=max_batch,
                patch_size=config_lib.patch_size(config),

@@ -32,7 +32,7 @@ def _run(args, tmp_path, timeout=240):
 
 
 def test_train_step_benchmark_json(tmp_path):
-  report = _run(_TINY, tmp_path)
+  report = _run(_TINY + [f"--profile={tmp_path / 'trace'}"], tmp_path)
   assert {"benchmark", "date", "device", "versions", "args", "results"} <= set(report)
   assert {"platform", "kind", "count"} <= set(report["device"])
   assert {"jax", "flax"} <= set(report["versions"])
@@ -44,6 +44,25 @@ def test_train_step_benchmark_json(tmp_path):
     assert key in j, key
   assert len(j["step_times_s"]) == 2 and j["samples_per_s"] > 0
   assert j["memory"]["peak_bytes"] is None or j["memory"]["peak_bytes"] > 0
+  prof = j["profile"]
+  assert prof["steps"] == 3 and prof["top_ops"], prof  # CPU: the XLA worker threads.
+  assert all(r["ms_per_step"] > 0 for r in prof["top_ops"])
+  assert 0 < sum(r["share"] for r in prof["top_ops"]) <= 1 + 1e-9
+
+
+def test_profile_table_sums_device_ops_per_step():
+  from benchmarks import profile_table  # pylint: disable=g-import-not-at-top
+  meta = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/host:CPU"}},
+          {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/device:GPU:0"}}]
+  ev = [{"ph": "X", "pid": 2, "tid": 7, "name": "k1", "dur": 300.0, "args": {"hlo_op": "fusion.1"}},
+        {"ph": "X", "pid": 2, "tid": 7, "name": "k2", "dur": 100.0, "args": {"hlo_op": "fusion.1"}},
+        {"ph": "X", "pid": 2, "tid": 8, "name": "gemm", "dur": 600.0},
+        {"ph": "X", "pid": 1, "tid": 1, "name": "PjitFunction", "dur": 9e6}]  # host: ignored.
+  rows, where = profile_table.top_ops(meta + ev, steps=2)
+  assert where == "/device:GPU:0"
+  assert [(r["op"], r["ms_per_step"], r["count_per_step"]) for r in rows] == [
+      ("gemm", 0.3, 0.5), ("fusion.1", 0.2, 1.0)]
+  assert rows[0]["share"] == pytest.approx(0.6)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch not installed")
