@@ -76,7 +76,7 @@ def base(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.window_s = 5.0          # crop length; R-peak aligned.
   c.data.pre_r_s = 0.25          # a window starts this long before a detected R peak.
   c.data.stretch = (0.9, 1.1)    # time-stretch range (both views independently).
-  c.data.normalize = "record"    # 'record' | 'dataset' | 'none'
+  c.data.normalize = "record"    # 'record' | 'record_joint' | 'dataset' | 'none'
   c.data.num_workers = 0         # grain worker processes (0 = in-process). In-process reads
                                  # 17.5k two-view samples/s on 1 core; 2 workers 9.0k,
                                  # since grain copies each batch into fresh shared memory

@@ -13,7 +13,7 @@ from ecgjax.data.records import STANDARD_LEADS
 from ecgjax.models import signal_transformer
 from ecgjax.sharding import MESH_AXES, resolve_mesh_shape
 
-_NORMALIZE = ("record", "dataset", "none")
+_NORMALIZE = ("record", "record_joint", "dataset", "none")
 _EXTRA_TOP_LEVEL = ("job",)  # main.py's dispatch key.
 
 

@@ -137,7 +137,7 @@ class NumpyEncoder:
       self.stats = np.asarray([[stats.get(l, {}).get("mean", 0.0) for l in self.leads],
                                [stats.get(l, {}).get("std", 1.0) for l in self.leads]],
                               np.float32).astype(np.float64)
-    elif self.normalize not in ("record", "none"):
+    elif self.normalize not in ("record", "record_joint", "none"):
       raise ValueError(f"{source}/{CONFIG_FILE}: unknown normalize={self.normalize!r}")
 
   def _required(self) -> list[str]:
@@ -213,9 +213,12 @@ class NumpyEncoder:
     return np.stack(out), present
 
   def _normalise(self, x: np.ndarray, present: np.ndarray) -> np.ndarray:
-    if self.normalize == "record":
+    if self.normalize in ("record", "record_joint"):
       x = x - x.mean(-1, keepdims=True)
-      x = x / (np.sqrt(np.mean(x * x, -1, keepdims=True)) + NORM_EPS)
+      ms = np.mean(x * x, -1, keepdims=True)
+      if self.normalize == "record_joint":  # one RMS over the present leads.
+        ms = np.full_like(ms, ms[present > 0].mean() if present.any() else 0.0)
+      x = x / (np.sqrt(ms) + NORM_EPS)
     elif self.normalize == "dataset":
       x = (x - self.stats[0][:, None]) / (self.stats[1][:, None] + NORM_EPS)
     return x * present[:, None]

@@ -48,6 +48,8 @@ def make_export(out_dir: str, normalize: str = "record", include_heads: bool = F
     meta["normalize"] = "dataset"
     meta["lead_stats"] = {l: {"mean": 0.01 * i, "std": 0.1 + 0.02 * i}
                           for i, l in enumerate(cfg.data.leads)}
+  elif normalize != "record":
+    meta["normalize"] = normalize
   return export.write(out_dir, model, meta, run_dir="")
 
 

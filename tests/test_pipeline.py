@@ -185,6 +185,22 @@ def test_normalize_record_and_absent_leads():
     windows.normalize(x, present, "bogus")
 
 
+def test_normalize_record_joint_keeps_between_lead_ratios():
+  rng = np.random.default_rng(1)
+  base = rng.standard_normal(200)
+  x = np.stack([base + 3.0, 2.5 * base - 1.0, 99.0 * rng.standard_normal(200),
+                0.5 * base]).astype(np.float32)
+  present = np.array([True, True, False, True])
+  y = np.asarray(windows.normalize(x, present, "record_joint"))
+  c = x[[0, 1, 3]] - x[[0, 1, 3]].mean(1, keepdims=True)     # independent numpy reference.
+  rms = np.sqrt((c ** 2).mean())
+  np.testing.assert_allclose(y[[0, 1, 3]], c / (rms + 1e-3), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(y[1] / y[0], 2.5, rtol=1e-3)    # 'record' would make this 1.
+  assert not y[2].any()                                      # absent: zero, not in the RMS.
+  assert np.allclose(np.asarray(windows.normalize(x, present, "record"))[1] /
+                     np.asarray(windows.normalize(x, present, "record"))[0], 1.0, rtol=1e-3)
+
+
 def _cfg(path, workers=0):
   c = hl.get_config()
   c.data.path = path

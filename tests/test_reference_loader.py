@@ -68,6 +68,20 @@ def test_numpy_encoder_matches_load_pretrained(fixture_dir):
     assert a.read() == b.read()
 
 
+def test_joint_record_normalisation_matches(tmp_path):
+  import ecgjax
+  from ecgjax_reference import numpy_encoder
+  enc = reference_fixture.make_export(str(tmp_path / "joint"), "record_joint")
+  rng = np.random.default_rng(1)
+  sig = rng.standard_normal((3, 1800)).astype(np.float32) * np.array([[0.2], [1.5], [0.6]])
+  a = ecgjax.load_pretrained(enc).embed(sig, 360, ["V2", "I", "aVF"], mode="mean")
+  c = numpy_encoder.load(enc).embed(sig, 360, ["V2", "I", "aVF"], mode="mean")
+  assert np.abs(a[0] - c).max() <= TOLERANCE
+  r = ecgjax.load_pretrained(reference_fixture.make_export(str(tmp_path / "rec"))).embed(
+      sig, 360, ["V2", "I", "aVF"], mode="mean")
+  assert np.abs(a - r).max() > 10 * TOLERANCE  # the mode reached the encoder's input.
+
+
 def test_dataset_normalisation_and_encoder_only_equals_full(tmp_path):
   import ecgjax
   from ecgjax.inference import export

@@ -29,7 +29,7 @@ import numpy as np
 
 from ecgjax.data.preprocess import RESAMPLE_HALF_WIDTH
 
-NORMALIZE_MODES = ("record", "dataset", "none")
+NORMALIZE_MODES = ("record", "record_joint", "dataset", "none")
 
 # Kaiser window shape of the resampling kernel. With RESAMPLE_HALF_WIDTH = 8 zero crossings
 # a side, the Kaiser estimate A = 2.285 * 2 pi * 0.2 * 16 + 7.95 = 54 dB for a transition of
@@ -90,12 +90,20 @@ def normalize(x: jax.Array, present: jax.Array, mode: str, stats: Any = None,
               eps: float = 1e-3) -> jax.Array:
   """Per-lead normalisation of [..., L, T]; absent leads are exactly zero.
 
-  'record': z-score each lead over the window (robust to per-device gain differences);
+  'record': z-score each lead over the window (robust to per-device gain differences, but
+  erases the between-lead amplitude ratios that voltage criteria use);
+  'record_joint': centre each lead, then divide every lead by one RMS over the window's
+  present leads, which keeps those ratios;
   'dataset': subtract/divide the spec's per-lead mean/std ([2, L]); 'none': mV as is.
   """
-  if mode == "record":
+  if mode in ("record", "record_joint"):
     x = x - x.mean(axis=-1, keepdims=True)
-    x = x / (jnp.sqrt(jnp.mean(x * x, axis=-1, keepdims=True)) + eps)
+    ms = jnp.mean(x * x, axis=-1, keepdims=True)                              # [..., L, 1]
+    if mode == "record_joint":
+      p = present[..., None].astype(ms.dtype)
+      ms = jnp.sum(ms * p, axis=-2, keepdims=True) / jnp.maximum(
+          jnp.sum(p, axis=-2, keepdims=True), 1.0)
+    x = x / (jnp.sqrt(ms) + eps)
   elif mode == "dataset":
     stats = jnp.asarray(stats, jnp.float32)
     x = (x - stats[0][:, None]) / (stats[1][:, None] + eps)

@@ -172,7 +172,9 @@ def render(meta: dict[str, Any], tensors: list[tuple[str, tuple[int, ...], str]]
           "interpolation in one. Samples before the record's start count as 0; weights on "
           "samples past its end are dropped and the rest renormalised to sum 1.",
           f"5. Normalisation `{meta.get('normalize')}`: `record` = per lead, subtract the "
-          "window mean and divide by (RMS of the centred window + 1e-3); `dataset` = "
+          "window mean and divide by (RMS of the centred window + 1e-3); `record_joint` = the "
+          "same, but one RMS over all present leads' centred windows (keeps between-lead "
+          "ratios); `dataset` = "
           "`(x - mean) / (std + 1e-3)` with `lead_stats` from config.json; `none` = mV. "
           "Absent leads stay exactly 0.",
           f"6. Tokens: each lead is cut into {window // patch} patches of {patch} samples, "
