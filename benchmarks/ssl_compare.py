@@ -16,6 +16,7 @@ OUT_DIR/ssl_compare_<name>.{json,md}; ssl_compare_report.py formats them.
 from __future__ import annotations
 
 import argparse
+import ast
 import datetime
 import importlib
 import json
@@ -68,7 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--name", default="ptbxl_subset")
   p.add_argument("--workdir", default="runs/ssl_compare")
   p.add_argument("--out_dir", default=os.path.join(ROOT, "benchmarks", "results"))
-  p.add_argument("--objectives", default="hl,mae,simclr", help="first one is A in A - B")
+  p.add_argument("--objectives", default="hl,mae,simclr",
+                 help="first one is A in A - B; OBJ@KEY=VALUE;KEY=VALUE is a variant with "
+                      "config overrides (e.g. hl@data.normalize=record_joint)")
+  p.add_argument("--class_diffs", default="",
+                 help="label names whose own AUROC difference is also bootstrapped (e.g. HYP)")
   p.add_argument("--baselines", default="random,handcrafted")
   p.add_argument("--seeds", default="0,1,2")
   p.add_argument("--size", default="tiny")
@@ -91,8 +96,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # --------------------------------------------------------------------------- pretraining
+def parse_objective(name: str) -> tuple[str, dict[str, Any]]:
+  """'hl' or 'hl@data.normalize=record_joint;optim.lr=0.003' -> (config module, overrides).
+
+  A variant is an objective with config overrides, pretrained and probed like the others,
+  so one run compares e.g. two normalisations with paired CIs."""
+  module, _, rest = name.partition("@")
+  overrides = {}
+  for item in filter(None, rest.split(";")):
+    key, eq, value = item.partition("=")
+    if not eq:
+      raise SystemExit(f"--objectives: {item!r} in {name!r} is not KEY=VALUE")
+    try:
+      overrides[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      overrides[key] = value
+  return module, overrides
+
+
 def pretrain_config(objective: str, seed: int, a: argparse.Namespace):
-  cfg = importlib.import_module(f"configs.{objective}").get_config(a.size)
+  module, overrides = parse_objective(objective)
+  cfg = importlib.import_module(f"configs.{module}").get_config(a.size)
   cfg.data.path = a.pretrain_data or a.data
   cfg.total_steps = a.steps
   cfg.global_batch = a.batch
@@ -108,6 +132,14 @@ def pretrain_config(objective: str, seed: int, a: argparse.Namespace):
   if a.cpu:
     cfg.model.dtype = "float32"
   cfg.seed = seed
+  for key, value in overrides.items():
+    *path, leaf = key.split(".")
+    node = cfg
+    for part in path:
+      node = node[part]
+    if leaf not in node:
+      raise SystemExit(f"--objectives: {objective!r}: config has no {key!r}")
+    node[leaf] = value
   return cfg
 
 
@@ -197,29 +229,45 @@ def probe_encoder(name: str, seed: int | None, data, labels: list[str], multilab
                    "val_auroc": row["val"]["macro_auroc"], "l2": row["l2"],
                    "l2_at_edge": row["l2_at_edge"],
                    "val_auroc_by_l2": row["val_macro_auroc_by_l2"],
-                   "num_train": row["num_train"], "converged": row["converged"]})
+                   "num_train": row["num_train"], "converged": row["converged"],
+                   **{f"auroc_{c}": row["test"]["per_class"][c]["auroc"]
+                      for c in class_names(a, labels)}})
       preds[(fraction, draw)] = roc["p"]
   return runs, preds
 
 
+def class_names(a: argparse.Namespace, labels: list[str]) -> list[str]:
+  """--class_diffs as label names (checked against the probe data's labels)."""
+  names = [c for c in (getattr(a, "class_diffs", "") or "").split(",") if c]
+  unknown = sorted(set(names) - set(labels))
+  if unknown:
+    raise SystemExit(f"--class_diffs: {unknown} not in the probe labels {labels}")
+  return names
+
+
 def paired_differences(y_test: np.ndarray, preds: dict[str, list[tuple[float, np.ndarray]]],
                        runs: list[dict[str, Any]], a_name: str, others: list[str],
-                       fractions: list[float], a: argparse.Namespace) -> list[dict[str, Any]]:
-  """A - B for each other encoder and fraction, on shared resamples of the test records."""
+                       fractions: list[float], a: argparse.Namespace,
+                       labels: list[str] | None = None) -> list[dict[str, Any]]:
+  """A - B for each other encoder and fraction, on shared resamples of the test records:
+  macro AUROC, then the AUROC of each --class_diffs class on the same resamples."""
   from ecgjax.evaluation import metrics  # pylint: disable=g-import-not-at-top
   y = y_test > 0
   classes = [c for c in range(y.shape[1]) if 0 < y[:, c].sum() < y.shape[0]]
+  scopes = [("macro", classes, "auroc")] + [
+      (c, [labels.index(c)], f"auroc_{c}") for c in class_names(a, labels or [])]
   out = []
-  for b_name in others:
-    for f in fractions:
-      pa = [p for frac, p in preds[a_name] if frac == f]
-      pb = [p for frac, p in preds[b_name] if frac == f]
-      d = metrics.paired_bootstrap_difference(y, pa, pb, classes, a.resamples, a.bootstrap_seed)
-      d.pop("resampled")
-      sel = lambda e: [r for r in runs if r["encoder"] == e and r["fraction"] == f]  # pylint: disable=cell-var-from-loop
-      d.update(a=a_name, b=b_name, fraction=f, runs_a=len(pa), runs_b=len(pb),
-               per_seed=report.per_seed_differences(sel(a_name), sel(b_name)))
-      out.append(d)
+  for scope, cls, key in scopes:
+    for b_name in others:
+      for f in fractions:
+        pa = [p for frac, p in preds[a_name] if frac == f]
+        pb = [p for frac, p in preds[b_name] if frac == f]
+        d = metrics.paired_bootstrap_difference(y, pa, pb, cls, a.resamples, a.bootstrap_seed)
+        d.pop("resampled")
+        sel = lambda e: [r for r in runs if r["encoder"] == e and r["fraction"] == f]  # pylint: disable=cell-var-from-loop
+        d.update(a=a_name, b=b_name, fraction=f, runs_a=len(pa), runs_b=len(pb), scope=scope,
+                 per_seed=report.per_seed_differences(sel(a_name), sel(b_name), key))
+        out.append(d)
   return out
 
 
@@ -260,7 +308,7 @@ def main() -> None:
     timing["probe_s"] += time.time() - t0
   encoders = list(preds)
   diffs = paired_differences(y_test, preds, runs, objectives[0],
-                             [e for e in encoders if e != objectives[0]], fractions, a)
+                             [e for e in encoders if e != objectives[0]], fractions, a, labels)
   grid = floats(a.l2_grid)
   edges = {e: report.l2_edges([r for r in runs if r["encoder"] == e], grid) for e in encoders}
   meta = {"name": a.name, "date": datetime.date.today().isoformat(), "command": command,

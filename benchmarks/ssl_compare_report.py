@@ -87,14 +87,17 @@ def difference_table(diffs: Sequence[dict[str, Any]]) -> list[str]:
     ps = d["per_seed"]
     wins = sum(v > 0 for v in ps)
     sd = float(np.std(ps, ddof=1)) if len(ps) > 1 else float("nan")
-    md.append(f"| {d['a']} − {d['b']} | {100 * d['fraction']:g}% | {d['difference']:+.3f} | "
+    scope = "" if d.get("scope", "macro") == "macro" else f" [{d['scope']} AUROC]"
+    md.append(f"| {d['a']} − {d['b']}{scope} | {100 * d['fraction']:g}% | {d['difference']:+.3f} | "
               f"[{ci[0]:+.3f}, {ci[1]:+.3f}] | {_fmt(float(np.mean(ps)), sd)} "
               f"({wins}/{len(ps)}) | {'**yes**' if d['excludes_zero'] else 'no'} |")
   yes = [d for d in diffs if d["excludes_zero"]]
   md.append("")
   if yes:
     md.append("Differences whose 95% paired CI excludes 0: " + "; ".join(
-        f"{d['a']} − {d['b']} at {100 * d['fraction']:g}% labels "
+        f"{d['a']} − {d['b']}"
+        f"{'' if d.get('scope', 'macro') == 'macro' else ' (' + d['scope'] + ' AUROC)'} at "
+        f"{100 * d['fraction']:g}% labels "
         f"({'A better' if d['difference'] > 0 else 'B better'}, {d['difference']:+.3f})"
         for d in yes) + ".")
   else:

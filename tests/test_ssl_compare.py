@@ -141,3 +141,31 @@ def test_l2_plateau_at_the_end_is_not_counted_as_an_edge():
   runs = [{"l2": 1e-1, "l2_at_edge": False}, {"l2": 1e-1, "l2_at_edge": True},
           {"l2": 1e-3, "l2_at_edge": False}]
   assert report.l2_edges(runs, grid) == {"runs": 3, "at_min": 0, "at_max": 1}
+
+
+def test_objective_variants_and_per_class_differences():
+  import argparse  # pylint: disable=g-import-not-at-top
+  import ssl_compare  # pylint: disable=g-import-not-at-top
+  from ecgjax.evaluation import metrics  # pylint: disable=g-import-not-at-top
+  assert ssl_compare.parse_objective("hl@data.normalize=record_joint;optim.lr=0.003") == (
+      "hl", {"data.normalize": "record_joint", "optim.lr": 0.003})
+  a = argparse.Namespace(size="tiny", pretrain_data="", data="d", steps=10, batch=4, rate=100.0,
+                         window_s=4.0, patch_ms=200.0, workers=0, lr=1e-3, cpu=True,
+                         resamples=50, bootstrap_seed=0, class_diffs="B")
+  cfg = ssl_compare.pretrain_config("hl@data.normalize=record_joint", 0, a)
+  assert cfg.data.normalize == "record_joint" and cfg.total_steps == 10
+  with pytest.raises(SystemExit, match="no 'data.normalise'"):
+    ssl_compare.pretrain_config("hl@data.normalise=record_joint", 0, a)
+  y, p, rng = _case(n=80, c=3, seed=5)
+  pa, pb = [p], [np.clip(p + rng.normal(0, 1.0, p.shape), 0, 1)]
+  runs = [{"encoder": "A", "seed": 0, "fraction": 1.0, "auroc": 0.9, "auroc_B": 0.8},
+          {"encoder": "B", "seed": 0, "fraction": 1.0, "auroc": 0.7, "auroc_B": 0.6}]
+  diffs = ssl_compare.paired_differences(y, {"A": [(1.0, pa[0])], "B": [(1.0, pb[0])]}, runs,
+                                         "A", ["B"], [1.0], a, ["A", "B", "C"])
+  by = {d["scope"]: d for d in diffs}
+  assert set(by) == {"macro", "B"} and by["B"]["per_seed"] == [pytest.approx(0.2)]
+  yb = y[:, 1] > 0
+  want = metrics.auroc(yb, pa[0][:, 1]) - metrics.auroc(yb, pb[0][:, 1])
+  assert by["B"]["difference"] == pytest.approx(want, abs=1e-9)
+  with pytest.raises(SystemExit, match="HYP"):
+    ssl_compare.class_names(argparse.Namespace(class_diffs="HYP"), ["A", "B"])
