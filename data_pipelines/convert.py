@@ -15,6 +15,14 @@ the run: each becomes a line in ``rejects.jsonl`` with its id, source and reason
 Records whose source gives no split get a seeded, patient-wise one (``--split_seed``,
 ``--split_fractions``; :mod:`data_pipelines.splits`); ``spec.json:split_origin`` says which
 happened. ``--records`` converts only the listed record ids (e.g. MIT-BIH DS1).
+
+``--output`` may be a bucket (``gs://bucket/shards``, any fsspec URL; :mod:`ecgjax.storage`).
+Every file is then written straight to it, one whole object at a time: a shard is spooled to
+a local temporary file and uploaded on close (its index first), the done markers and the
+small JSON files are single uploads, and spec.json is the last object written, so a
+directory without one is unfinished. This route, rather than a staging directory uploaded at
+the end, keeps the per-group resume (the markers live in the bucket), needs local disk for
+only the shards being written, and lets Beam workers on other machines write their groups.
 """
 from __future__ import annotations
 
@@ -35,6 +43,7 @@ import tqdm
 from data_pipelines import splits as splits_lib
 from data_pipelines import validate as validate_lib
 from ecgjax import cli
+from ecgjax import storage
 from ecgjax.data import spec as spec_lib
 from ecgjax.data.records import EcgRecord, Reject
 
@@ -134,10 +143,9 @@ def convert_group(reader, items: list[str], group: int, args: argparse.Namespace
   when a finished group is skipped, so a progress bar moves per record.
   """
   progress = progress or _worker_progress
-  marker = os.path.join(args.output, _GROUPS_DIR, f"{group:05d}.json")
-  if os.path.exists(marker):
-    with open(marker) as f:
-      summary = json.load(f)
+  marker = storage.join(args.output, _GROUPS_DIR, f"{group:05d}.json")
+  if storage.exists(marker):
+    summary = json.loads(storage.read_text(marker))
     progress(len(items))
     return summary
   # Imported here, not at the top: a flag error is reported before TF protos and scipy load.
@@ -161,7 +169,7 @@ def convert_group(reader, items: list[str], group: int, args: argparse.Namespace
             splits_lib.patient_key(rec.patient_id, rec.record_id), args.split_seed, fractions)
       if split not in writers:
         name = f"{split}.tfrecord-{group:05d}-of-{args.num_shards:05d}"
-        writers[split] = tfrecord.TFRecordWriter(os.path.join(args.output, name))
+        writers[split] = tfrecord.TFRecordWriter(storage.join(args.output, name))
       writers[split].write(example.encode(rec, label_encoding, num_classes))
       counts[split] += 1
       rates[str(float(rec.sampling_rate))] += 1
@@ -181,7 +189,7 @@ def convert_group(reader, items: list[str], group: int, args: argparse.Namespace
     raise
   summary = {
       "group": group,
-      "shards": [{"file": os.path.basename(w.path), "split": s, "records": counts[s]}
+      "shards": [{"file": storage.basename(w.path), "split": s, "records": counts[s]}
                  for s, w in sorted(writers.items())],
       "counts": dict(counts), "rates": dict(rates), "dtypes": dict(dtypes), "rejects": rejects,
       "split_sources": dict(split_sources),
@@ -189,10 +197,7 @@ def convert_group(reader, items: list[str], group: int, args: argparse.Namespace
       "label_counts": {k: v.tolist() for k, v in label_counts.items()},
       "lead_sums": stats.to_json(),
   }
-  tmp = marker + f".tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(summary, f)
-  os.replace(tmp, marker)
+  storage.write_text(marker, json.dumps(summary))  # atomic: temp + rename, or one upload.
   return summary
 
 
@@ -239,9 +244,8 @@ def merge(summaries: Iterable[dict[str, Any]], reader, args, label_encoding) -> 
     mean = s1 / max(n, 1)
     lead_stats[lead] = {"mean": mean, "std": float(np.sqrt(max(s2 / max(n, 1) - mean**2, 0.0))),
                         "count": int(n)}
-  with open(os.path.join(args.output, "rejects.jsonl"), "w") as f:
-    for r in rejects:
-      f.write(json.dumps(r) + "\n")
+  storage.write_text(storage.join(args.output, "rejects.jsonl"),
+                     "".join(json.dumps(r) + "\n" for r in rejects))
   by_reason = collections.Counter(r["reason"].split(":")[0].split(" in ")[0] for r in rejects)
   lead_order = _lead_order(lead_stats)
   return {
@@ -291,7 +295,12 @@ def _lead_order(lead_stats: dict[str, Any]) -> list[str]:
 
 
 def _remove_stale_temps(output: str) -> None:
-  """Deletes the ``*.tmp-PID`` files a killed run left (never renamed, so never valid)."""
+  """Deletes the ``*.tmp-PID`` files a killed run left (never renamed, so never valid).
+
+  A bucket never holds any: its objects are uploaded whole.
+  """
+  if storage.is_remote(output):
+    return
   for d in (output, os.path.join(output, _GROUPS_DIR)):
     for name in os.listdir(d):
       if ".tmp-" in name:
@@ -307,6 +316,9 @@ def plan(args: argparse.Namespace):
   """
   if args.format not in FORMATS:
     raise ValueError(f"--format={args.format!r}; expected one of {FORMATS}")
+  if args.input and storage.is_remote(args.input):
+    raise ValueError(f"--input={args.input}: the readers open local files; copy the archive "
+                     "to a local disk first (--output may be a bucket)")
   if args.format != "synthetic" and not (args.input and os.path.exists(args.input)):
     raise FileNotFoundError(f"--input={args.input!r} does not exist")
   if args.num_shards < 1:
@@ -325,20 +337,16 @@ def plan(args: argparse.Namespace):
   items = select_records(reader, reader.list_items(), args.records)
   if not items:
     raise ValueError(f"--input={args.input}: no {args.format} records found")
-  os.makedirs(os.path.join(args.output, _GROUPS_DIR), exist_ok=True)
-  fp_path = os.path.join(args.output, _GROUPS_DIR, "args.json")
+  storage.makedirs(storage.join(args.output, _GROUPS_DIR))
+  fp_path = storage.join(args.output, _GROUPS_DIR, "args.json")
   fingerprint = _fingerprint(args)
-  if os.path.exists(fp_path):
-    with open(fp_path) as f:
-      previous = json.load(f)
+  if storage.exists(fp_path):
+    previous = json.loads(storage.read_text(fp_path))
     if previous != fingerprint:
       raise ValueError(f"--output={args.output} holds a conversion with other settings "
                        f"{previous}; use a new --output directory")
-  else:
-    tmp = fp_path + f".tmp-{os.getpid()}"  # a kill mid-write must not block the re-run.
-    with open(tmp, "w") as f:
-      json.dump(fingerprint, f)
-    os.replace(tmp, fp_path)
+  else:  # atomic: a kill mid-write must not block the re-run.
+    storage.write_text(fp_path, json.dumps(fingerprint))
   _remove_stale_temps(args.output)
   label_encoding = "multi_hot" if reader.label_type == "multi_hot" else "class_index"
   groups = [items[g::args.num_shards] for g in range(args.num_shards)]
@@ -402,7 +410,7 @@ def convert(args: argparse.Namespace) -> dict[str, Any]:
       example = f"; e.g. {first['record_id']}: {first['reason']}"
     raise cli.EmptyOutputError(
         f"0 of {len(items)} records converted ({reasons}{example}); no spec.json written, "
-        f"see {os.path.join(args.output, 'rejects.jsonl')}")
+        f"see {storage.join(args.output, 'rejects.jsonl')}")
   spec["conversion"] = {"seconds": round(elapsed, 2),
                         "records_per_s": round(len(items) / max(elapsed, 1e-9), 1),
                         "workers": args.workers}
