@@ -199,3 +199,13 @@ def test_corrupt_truncated_and_missing_shards_in_the_bucket(dirs):
   c.data.skip_corrupt = True
   batch = next(iter(pipeline.make_train_dataset(c.data, 16, seed=0)))
   assert batch["seg1"].shape[0] == 16  # skipped records are replaced: batches keep their size.
+
+
+def test_demo_data_beside_a_bucket_workdir(gcs_emulator):
+  from ecgjax import demo_data  # pylint: disable=g-import-not-at-top
+  c = _cfg("")
+  c.data.synthetic.update(num_records=12, num_shards=2, duration_s=4.0)
+  root = f"{gcs_emulator}/gcs_demo_{os.getpid()}"
+  demo_data.resolve_data_path(c, f"{root}/run")
+  assert c.data.path == f"{root}/synthetic_shards"
+  assert ShardedSource(c.data.path, "train")[0] is not None
