@@ -23,19 +23,25 @@ small JSON files are single uploads, and spec.json is the last object written, s
 directory without one is unfinished. This route, rather than a staging directory uploaded at
 the end, keeps the per-group resume (the markers live in the bucket), needs local disk for
 only the shards being written, and lets Beam workers on other machines write their groups.
+``--input`` (one .npy/.npz/.h5 file, ``--format=numpy``) and ``--labels`` may be in a bucket
+too: they are copied to a temporary directory for the run (with the input's sidecar JSON).
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import datetime
 import json
 import logging
 import multiprocessing
 import os
+import posixpath
+import shutil
 import sys
+import tempfile
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import tqdm
@@ -67,7 +73,8 @@ def make_reader(args: argparse.Namespace):
     extra.update({k: getattr(args, k) for k in ("units", "layout") if getattr(args, k, None)})
   if args.format == "wfdb" and args.lead_map:
     extra["lead_map"] = args.lead_map
-  reader = readers.make_reader(args.format, args.input, args.labels, args.sampling_rate, **extra)
+  reader = readers.make_reader(args.format, _local(args, "input"), _local(args, "labels"),
+                               args.sampling_rate, **extra)
   if getattr(args, "segment", None):
     from data_pipelines import segment  # pylint: disable=g-import-not-at-top
     if args.format != "wfdb":
@@ -76,6 +83,42 @@ def make_reader(args: argparse.Namespace):
         reader, args.segment, args.window_s, args.annotations, args.split_scheme,
         args.beat_offset_s, args.max_per_record, args.val_records, args.seed)
   return reader
+
+
+def _local(args: argparse.Namespace, flag: str) -> str | None:
+  """The local copy of a bucket's --input / --labels (:func:`local_inputs`), else the flag."""
+  return getattr(args, f"{flag}_local", None) or getattr(args, flag)
+
+
+@contextlib.contextmanager
+def local_inputs(args: argparse.Namespace) -> Iterator[argparse.Namespace]:
+  """``args`` whose --input / --labels in a bucket are copied to a temporary directory.
+
+  The readers open local files (np.load's memory map, h5py), so only a single numpy/HDF5
+  file (and its sidecar ``<input>.json`` / ``<stem>.json``) is read from a bucket; the flags
+  keep their URLs, so the resume fingerprint and spec.json name the bucket.
+  """
+  remote = [k for k in ("input", "labels") if storage.is_remote(getattr(args, k) or "")]
+  if not remote:
+    yield args
+    return
+  if "input" in remote and (args.format != "numpy" or storage.isdir(args.input)):
+    raise ValueError(f"--input={args.input}: from a bucket only one .npy/.npz/.h5 file "
+                     f"(--format=numpy) is read; copy {args.format} archives to a local disk")
+  tmp = tempfile.mkdtemp(prefix="ecgjax_convert_input_")
+  try:
+    out = argparse.Namespace(**vars(args))
+    for flag in remote:
+      url = getattr(args, flag)
+      if not storage.isfile(url):
+        raise FileNotFoundError(f"--{flag}={url} does not exist")
+      sidecars = (url + ".json", posixpath.splitext(url)[0] + ".json") if flag == "input" else ()
+      for src in (url, *(s for s in sidecars if storage.isfile(s))):
+        storage.download(src, os.path.join(tmp, storage.basename(src)))
+      setattr(out, f"{flag}_local", os.path.join(tmp, storage.basename(url)))
+    yield out
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _fingerprint(args: argparse.Namespace) -> dict[str, Any]:
@@ -251,7 +294,7 @@ def merge(summaries: Iterable[dict[str, Any]], reader, args, label_encoding) -> 
   return {
       "converter_version": spec_lib.CONVERTER_VERSION,
       "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      "format": args.format, "source": os.path.abspath(args.input) if args.input else None,
+      "format": args.format, "source": storage.abspath(args.input) if args.input else None,
       "args": _fingerprint(args),
       "units": "mV",
       "dtype_note": "signal feature = raw little-endian array of the per-record 'dtype' "
@@ -316,10 +359,11 @@ def plan(args: argparse.Namespace):
   """
   if args.format not in FORMATS:
     raise ValueError(f"--format={args.format!r}; expected one of {FORMATS}")
-  if args.input and storage.is_remote(args.input):
-    raise ValueError(f"--input={args.input}: the readers open local files; copy the archive "
-                     "to a local disk first (--output may be a bucket)")
-  if args.format != "synthetic" and not (args.input and os.path.exists(args.input)):
+  for flag in ("input", "labels"):
+    if storage.is_remote(getattr(args, flag) or "") and not getattr(args, f"{flag}_local", None):
+      raise ValueError(f"--{flag}={getattr(args, flag)}: read from a bucket by convert.convert "
+                       "only (one numpy/HDF5 file); this runner needs a local or mounted path")
+  if args.format != "synthetic" and not (args.input and os.path.exists(_local(args, "input"))):
     raise FileNotFoundError(f"--input={args.input!r} does not exist")
   if args.num_shards < 1:
     raise ValueError(f"--num_shards={args.num_shards}: must be >= 1")
@@ -375,6 +419,11 @@ def _input_name(reader) -> str:
 
 def convert(args: argparse.Namespace) -> dict[str, Any]:
   """Runs a (resumable) conversion and returns the written spec."""
+  with local_inputs(args) as local_args:
+    return _convert(local_args)
+
+
+def _convert(args: argparse.Namespace) -> dict[str, Any]:
   reader, groups, label_encoding, num_classes = plan(args)
   items = [i for g in groups for i in g]
   jobs = [(reader, g_items, g, args, label_encoding, num_classes)

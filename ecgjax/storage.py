@@ -220,6 +220,15 @@ def upload(local_path: str, path: str) -> None:
   fs.put_file(local_path, p)
 
 
+def download(path: str, local_path: str) -> None:
+  """Copies ``path`` (local or URL) to the local file ``local_path``."""
+  if not is_remote(path):
+    shutil.copyfile(path, local_path)
+    return
+  fs, p = _fs(path)
+  fs.get_file(p, local_path)
+
+
 @contextlib.contextmanager
 def local_copy(path: str) -> Iterator[str]:
   """A local path with the file's content, for libraries that only open local files."""

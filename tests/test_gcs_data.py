@@ -209,3 +209,23 @@ def test_demo_data_beside_a_bucket_workdir(gcs_emulator):
   demo_data.resolve_data_path(c, f"{root}/run")
   assert c.data.path == f"{root}/synthetic_shards"
   assert ShardedSource(c.data.path, "train")[0] is not None
+
+
+def test_numpy_archive_in_a_bucket_converts_like_the_local_file(gcs_emulator, tmp_path):
+  from tests.test_readers import _ecg  # pylint: disable=g-import-not-at-top
+  np.savez(tmp_path / "d.npz", x=np.stack([_ecg(2, 250, 4, seed=i) for i in range(6)]))
+  (tmp_path / "d.json").write_text(json.dumps({"sampling_rate": 250, "leads": ["I", "II"]}))
+  root = f"{gcs_emulator}/gcs_numpy_{os.getpid()}"
+  for f in ("d.npz", "d.json"):
+    storage.upload(str(tmp_path / f), f"{root}/{f}")
+  flags = ["--format=numpy", "--num_shards=2", "--workers=1", "--quiet"]
+  parse = convert.build_parser().parse_args
+  local = convert.convert(parse([*flags, f"--input={tmp_path}/d.npz", f"--output={tmp_path}/o"]))
+  remote = convert.convert(parse([*flags, f"--input={root}/d.npz", f"--output={root}/o"]))
+  assert remote["source"] == f"{root}/d.npz" and remote["num_records"] == local["num_records"] == 6
+  assert remote["lead_order"] == ["I", "II"]  # the sidecar came along.
+  for e in local["shards"]:
+    assert storage.read_bytes(f"{tmp_path}/o/{e['file']}") == storage.read_bytes(
+        f"{root}/o/{e['file']}")
+  with pytest.raises(ValueError, match="copy wfdb archives to a local disk"):
+    convert.convert(parse(["--format=wfdb", f"--input={root}", f"--output={tmp_path}/w"]))
