@@ -142,6 +142,16 @@ def test_train_batches_and_resume_equal_local(dirs):
     _assert_batches_equal(e, next(resumed))
 
 
+def test_grain_worker_processes_read_the_bucket(dirs):
+  local, remote, _ = dirs
+  c = _cfg(remote)
+  c.data.num_workers = 2  # the source is pickled into spawned processes: their own clients.
+  it_remote = iter(pipeline.make_train_dataset(c.data, 8, seed=4))
+  it_local = iter(pipeline.make_train_dataset(_cfg(local).data, 8, seed=4))
+  for _ in range(3):
+    _assert_batches_equal(next(it_local), next(it_remote))
+
+
 def test_mixture_and_config_validation_take_bucket_paths(dirs):
   local, remote, _ = dirs
   assert mixture.parse_sources(_cfg(remote).data) == [mixture.Source(remote, 1.0)]
