@@ -97,6 +97,22 @@ def listdir(path: str) -> list[str]:
   return sorted(posixpath.basename(x.rstrip("/")) for x in fs.ls(p, detail=False))
 
 
+def file_sizes(path: str) -> dict[str, int]:
+  """{path: size} of the files directly under ``path`` ({} if none; a URL: one listing)."""
+  if not is_remote(path):
+    if not os.path.isdir(path):
+      return {}
+    with os.scandir(path) as it:
+      return {os.path.join(path, e.name): e.stat().st_size for e in it if e.is_file()}
+  fs, p = _fs(path)
+  scheme = path.split("://", 1)[0]
+  try:
+    entries = fs.ls(p, detail=True)
+  except FileNotFoundError:
+    return {}
+  return {f"{scheme}://{e['name']}": int(e["size"]) for e in entries if e["type"] == "file"}
+
+
 def glob(pattern: str) -> list[str]:
   if not is_remote(pattern):
     return sorted(glob_lib.glob(pattern))
@@ -136,6 +152,16 @@ def read_bytes(path: str) -> bytes:
       return f.read()
   fs, p = _fs(path)
   return fs.cat_file(p)
+
+
+def read_many(paths: list[str]) -> list[bytes]:
+  """``read_bytes`` of each path; for URLs the GETs go out together."""
+  if not paths or not is_remote(paths[0]):
+    return [read_bytes(p) for p in paths]
+  fs, _ = _fs(paths[0])
+  stripped = [fs._strip_protocol(p) for p in paths]  # pylint: disable=protected-access
+  got = fs.cat(stripped, on_error="raise")
+  return [got[p] for p in stripped]
 
 
 def read_text(path: str) -> str:

@@ -140,9 +140,18 @@ class ShardedSource:
     self.paths, offsets, self._sizes = [], [], []
     self._remote = storage.is_remote(data_dir)
     self._skips = _SkipCounter() if skip_corrupt else None
-    for path, count in self._shards():
-      index = tfrecord.read_index(path, check_size=not skip_corrupt)
-      size = storage.getsize(path)
+    if self._remote:  # two listings and one concurrent batch of GETs, not requests per shard.
+      listing = {**storage.file_sizes(data_dir),
+                 **storage.file_sizes(storage.join(data_dir, tfrecord.INDEX_DIR))}
+      shards = self._shards(listing.__contains__)
+      paths = [p for p, _ in shards]
+      indexes = tfrecord.read_indexes(paths, listing, check_size=not skip_corrupt)
+      sizes = [listing[p] for p in paths]
+    else:
+      shards = self._shards(storage.exists)
+      indexes = [tfrecord.read_index(p, check_size=not skip_corrupt) for p, _ in shards]
+      sizes = [os.path.getsize(p) for p, _ in shards]
+    for (path, count), index, size in zip(shards, indexes, sizes):
       if index[-1] > size:
         logging.error("shard %s is truncated at %d bytes (its index says %d): its records "
                       "past that point will be skipped", path, size, index[-1])
@@ -162,15 +171,15 @@ class ShardedSource:
     if not self.paths:
       raise spec_lib.SpecError(f"no readable shard of split {split!r} in {data_dir}")
 
-  def _shards(self) -> list[tuple[str, int]]:
+  def _shards(self, exists) -> list[tuple[str, int]]:
     if not self.skip_corrupt:
-      return spec_lib.shards_for_split(self.spec, self.data_dir, self.split)
+      return spec_lib.shards_for_split(self.spec, self.data_dir, self.split, exists)
     out = []
     for entry in self.spec["shards"]:
       path = storage.join(self.data_dir, entry["file"])
       if entry["split"] != self.split:
         continue
-      if storage.exists(path):
+      if exists(path):
         out.append((path, int(entry["records"])))
       else:
         self._skips.add(f"{path}:missing", int(entry["records"]))

@@ -53,14 +53,18 @@ def load(data_dir: str) -> dict[str, Any]:
   return spec
 
 
-def shards_for_split(spec: dict[str, Any], data_dir: str, split: str) -> list[tuple[str, int]]:
-  """(path, record_count) of every shard of ``split``; raises if a listed file is absent."""
+def shards_for_split(spec: dict[str, Any], data_dir: str, split: str,
+                     exists=storage.exists) -> list[tuple[str, int]]:
+  """(path, record_count) of every shard of ``split``; raises if a listed file is absent.
+
+  ``exists``: a test for a path (e.g. membership in one listing of the directory).
+  """
   out = []
   for entry in spec["shards"]:
     if entry["split"] != split:
       continue
     path = storage.join(data_dir, entry["file"])
-    if not storage.exists(path):
+    if not exists(path):
       raise SpecError(f"shard {path} is listed in {SPEC_FILE} but missing from {data_dir}")
     out.append((path, int(entry["records"])))
   if not out:

@@ -132,10 +132,10 @@ def write_index(shard_path: str, offsets: list[int]) -> None:
   os.replace(tmp, path)
 
 
-def find_index(shard_path: str) -> str:
+def find_index(shard_path: str, exists=storage.exists) -> str:
   """The index file of ``shard_path`` (new layout first, then legacy); raises if neither."""
   for path in (index_path(shard_path), legacy_index_path(shard_path)):
-    if storage.exists(path):
+    if exists(path):
       return path
   raise FileNotFoundError(f"offset index missing for shard {shard_path} (expected "
                           f"{index_path(shard_path)}); re-run the converter")
@@ -148,8 +148,27 @@ def read_index(shard_path: str, check_size: bool = True) -> np.ndarray:
   past its end then fail their frame check one by one, which a skipping reader counts.
   """
   index_file = find_index(shard_path)
-  offsets = np.frombuffer(storage.read_bytes(index_file), dtype="<i8")
-  size = storage.getsize(shard_path)
+  return _checked(shard_path, index_file, storage.read_bytes(index_file),
+                  storage.getsize(shard_path), check_size)
+
+
+def read_indexes(shard_paths: list[str], sizes: dict[str, int],
+                 check_size: bool = True) -> list[np.ndarray]:
+  """:func:`read_index` of many shards, given ``sizes``, the {path: size} of the files in
+  their directories and index directories (:func:`ecgjax.storage.file_sizes`).
+
+  On a bucket that turns several sequential requests per shard (thousands of round trips
+  for a large set) into a few listings and one concurrent batch of GETs.
+  """
+  index_files = [find_index(p, sizes.__contains__) for p in shard_paths]
+  data = storage.read_many(index_files)
+  return [_checked(p, f, d, sizes[p], check_size)
+          for p, f, d in zip(shard_paths, index_files, data)]
+
+
+def _checked(shard_path: str, index_file: str, data: bytes, size: int,
+             check_size: bool) -> np.ndarray:
+  offsets = np.frombuffer(data, dtype="<i8")
   size_ok = offsets.size >= 1 and (offsets[-1] == size or not check_size)
   if not size_ok or np.any(np.diff(offsets) < HEADER_BYTES + FOOTER_BYTES):
     raise CorruptRecordError(shard_path, int(offsets[-1]) if offsets.size else 0,
