@@ -146,6 +146,15 @@ def test_train_batches_and_resume_equal_local(dirs):
     _assert_batches_equal(e, next(resumed))
 
 
+def test_eval_batches_equal_local(dirs):
+  local, remote, _ = dirs
+  ds_local, _ = pipeline.make_eval_dataset(_cfg(local).data, "val", 8)
+  ds_remote, _ = pipeline.make_eval_dataset(_cfg(remote).data, "val", 8)
+  assert len(ds_local) == len(ds_remote) > 1
+  for a, b in zip(ds_local, ds_remote):
+    _assert_batches_equal(a, b)
+
+
 def test_grain_worker_processes_read_the_bucket(dirs):
   local, remote, _ = dirs
   c = _cfg(remote)

@@ -295,6 +295,16 @@ def read_batch_replacing_corrupt(source: ShardedSource, order: RecordOrder, firs
           for j, r in enumerate(records)]
 
 
+class _ReadBatch(grain.transforms.Map):
+  """Record indices -> cut batch, read with one ``read_many`` (concurrent GETs on a bucket)."""
+
+  def __init__(self, source: ShardedSource, cutter: SegmentCutter):
+    self.source, self.cutter = source, cutter
+
+  def map(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    return self.cutter(self.source.read_many(indices))
+
+
 class ResampleViews(grain.transforms.Map):
   """Host-side finish for eval batches: segments -> {'view1', 'lead_mask', 'label'}."""
 
@@ -365,7 +375,7 @@ def make_eval_dataset(data_cfg, split: str, batch_size: int, process_index: int 
   window = WindowConfig.from_config(data_cfg, source.spec)
   cutter = SegmentCutter(window, len(source.spec["label_names"]), source.spec["label_encoding"],
                          views=1)
-  ds = process_records(source, None, process_index, process_count)
+  order = RecordOrder(len(source), None, process_index, process_count)
   # Records skipped as corrupt (None) are dropped inside their batch, which then is shorter.
-  return ds.batch(batch_size, drop_remainder=False, batch_fn=cutter).map(
-      ResampleViews(window)), source
+  return order.batch(batch_size, drop_remainder=False).map(
+      _ReadBatch(source, cutter)).map(ResampleViews(window)), source
