@@ -186,8 +186,8 @@ def read_ranges(paths: list[str], starts: list[int], ends: list[int]) -> list[by
   if not is_remote(paths[0]):
     return [read_range(p, s, e) for p, s, e in zip(paths, starts, ends)]
   fs, _ = _fs(paths[0])
-  return fs.cat_ranges([fs._strip_protocol(p) for p in paths], list(starts), list(ends),  # pylint: disable=protected-access
-                       on_error="raise")
+  stripped = [fs._strip_protocol(p) for p in paths]  # pylint: disable=protected-access
+  return fs.cat_ranges(stripped, list(starts), list(ends), on_error="raise")
 
 
 def write_bytes(path: str, data: bytes, mode: int | None = None) -> None:

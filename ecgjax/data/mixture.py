@@ -4,11 +4,12 @@
   config.data.path = "/data/ptbxl:0.7,/data/mitbih:0.3"  # PATH[:WEIGHT], comma-separated
   config.data.mixture = ("/data/ptbxl:0.7", "/data/mitbih:0.3")   # the same, as a list
 
-A PATH may be a bucket URL (``gs://bucket/shards:0.7``). A weight defaults to 1; weights are normalised to sum to 1. Sources may differ in rate,
-lead set and record length: every record is cut to the model's window by the same
-:class:`~ecgjax.data.pipeline.SegmentCutter`. Pretraining reads ``mixture`` when it is
-given, else ``path``; eval, plots and the demo probe read ``path`` (its first entry), or
-the mixture's first source when ``path`` is empty (:func:`primary_path`).
+A PATH may be a bucket URL (``gs://bucket/shards:0.7``). A weight defaults to 1; weights are
+normalised to sum to 1. Sources may differ in rate, lead set and record length: every record
+is cut to the model's window by the same :class:`~ecgjax.data.pipeline.SegmentCutter`.
+Pretraining reads ``mixture`` when it is given, else ``path``; eval, plots and the demo
+probe read ``path`` (its first entry), or the mixture's first source when ``path`` is empty
+(:func:`primary_path`).
 
 Batch k of a mixture stays a pure function of (seed, process, k), like the single-source
 :class:`~ecgjax.data.pipeline.TrainBatches`: its per-source row counts are a multinomial
