@@ -59,7 +59,7 @@ def window_config(config) -> pipeline.WindowConfig:
   """The train windows: config.data plus the shards' spec (rates, dtype, lead stats; a
   mixture's specs merged)."""
   paths = [s.path for s in mixture.parse_sources(config.data)]
-  have = paths and all(os.path.exists(os.path.join(p, spec_lib.SPEC_FILE)) for p in paths)
+  have = paths and all(spec_lib.exists(p) for p in paths)
   return pipeline.WindowConfig.from_config(config.data,
                                            mixture.train_spec(config.data) if have else None)
 
