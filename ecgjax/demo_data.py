@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 
 import jax
+
+from ecgjax import storage
 
 from ecgjax.data import spec as spec_lib
 
@@ -18,12 +19,12 @@ def ensure_synthetic_shards(syn_cfg, out_dir: str) -> str:
   A host that still sees no set after the barrier does not share ``out_dir`` with process
   0 and converts its own copy: the generator is seeded, so the data are identical.
   """
-  spec_path = os.path.join(out_dir, spec_lib.SPEC_FILE)
-  if jax.process_index() == 0 and not os.path.exists(spec_path):
+  spec_path = storage.join(out_dir, spec_lib.SPEC_FILE)
+  if jax.process_index() == 0 and not storage.exists(spec_path):
     _convert_synthetic(syn_cfg, out_dir)
   if jax.process_count() > 1:
     _barrier("ecgjax_synthetic_shards_ready")
-    if not os.path.exists(spec_path):
+    if not storage.exists(spec_path):
       logging.warning("process %d does not see %s written by process 0; generating a local "
                       "copy", jax.process_index(), out_dir)
       _convert_synthetic(syn_cfg, out_dir)
@@ -61,7 +62,7 @@ def resolve_data_path(config, workdir: str) -> None:
   """Fills config.data.path with the synthetic default when the user gave no data."""
   if config.data.path or config.data.get("mixture"):
     return
-  out = config.data.synthetic.dir or os.path.join(os.path.dirname(os.path.abspath(workdir)),
+  out = config.data.synthetic.dir or storage.join(storage.dirname(storage.abspath(workdir)),
                                                   "synthetic_shards")
   with config.unlocked():
     config.data.path = ensure_synthetic_shards(config.data.synthetic, out)

@@ -89,6 +89,16 @@ def getsize(path: str) -> int:
   return int(fs.size(p))
 
 
+def info(path: str) -> dict:
+  """A file's metadata: ``size`` always; ``mtime_ns`` locally, the store's fields (e.g. GCS
+  ``generation``, ``crc32c``) for a URL."""
+  if not is_remote(path):
+    st = os.stat(path)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+  fs, p = _fs(path)
+  return dict(fs.info(p))
+
+
 def listdir(path: str) -> list[str]:
   """Names (not paths) directly under ``path``."""
   if not is_remote(path):
@@ -196,6 +206,19 @@ def rmtree(path: str) -> None:
   fs, p = _fs(path)
   if fs.exists(p):
     fs.rm(p, recursive=True)
+
+
+def move(src: str, dst: str) -> None:
+  """Renames a file or directory tree; on an object store (no rename) copies, then deletes."""
+  if not is_remote(src) and not is_remote(dst):
+    os.replace(src, dst)
+    return
+  if is_remote(src) != is_remote(dst):
+    raise ValueError(f"cannot move {src} to {dst}: both must be local or both URLs")
+  fs, p = _fs(src)
+  _, q = _fs(dst)
+  fs.copy(p.rstrip("/"), q.rstrip("/"), recursive=fs.isdir(p))
+  fs.rm(p, recursive=True)
 
 
 def upload(local_path: str, path: str) -> None:
