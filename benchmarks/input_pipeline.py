@@ -5,6 +5,9 @@ r"""Two-view input throughput: grain pipeline vs tf.data on the same shards (hos
   python benchmarks/input_pipeline.py --tf_python=/path/to/venv-with-tf/bin/python
   python benchmarks/input_pipeline.py --mixture=PTBXL_SHARDS:0.8,MITBIH_DS1_SHARDS:0.2 \
       --workers=0 --out=benchmarks/results/input_pipeline_mixture.json
+  python benchmarks/input_pipeline.py --data=gs://BUCKET/shards --local_data=SAME_SHARDS_ON_DISK
+  python benchmarks/input_pipeline.py --data=gs://ecgjax-bench/shards --gcs_emulator \
+      --workers=0 --seconds=4 --out=benchmarks/results/input_pipeline_gcs.json
 
 Prints samples/s (one sample = the two views of one record that a training step
 consumes) and writes benchmarks/results/input_pipeline.json:
@@ -19,6 +22,12 @@ consumes) and writes benchmarks/results/input_pipeline.json:
                     split ecgjax used before the finish moved into the jitted step).
   --mixture         the same grain pipeline over a weighted mixture of shard directories
                     (ecgjax.data.mixture), beside each of its sources read alone.
+  --data=gs://...   the same grain pipeline reading from the bucket, beside the same shards
+                    on the local disk (``--local_data``), plus the raw source: records/s of
+                    one ranged GET at a time and of ``read_many`` (a batch's GETs at once).
+                    ``--gcs_emulator`` starts gcp-storage-emulator in this process and uploads
+                    the local shards into it: a local HTTP server, so the figure is the
+                    per-request overhead of the client and server, not GCS latency/bandwidth.
 """
 from __future__ import annotations
 
@@ -34,6 +43,8 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# gcsfs probes a bucket's type over gRPC first (a 60 s timeout against an emulator).
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 _TF_BASELINE = r'''
 import glob, json, sys, time
@@ -159,8 +170,21 @@ def main() -> None:
   p.add_argument("--tf_python", default=None, help="a python with tensorflow installed")
   p.add_argument("--mixture", default="",
                  help="DIR:W,DIR:W: time a weighted mixture and each source alone, then exit")
-  p.add_argument("--out", default="benchmarks/results/input_pipeline.json")
+  p.add_argument("--local_data", default="/tmp/ecgjax_bench_shards_500hz",
+                 help="with --data=gs://...: the same shards on a local disk (made if absent)")
+  p.add_argument("--gcs_emulator", action="store_true",
+                 help="with --data=gs://BUCKET/...: serve BUCKET from gcp-storage-emulator in "
+                      "this process and upload --local_data into it first")
+  p.add_argument("--out", default=None, help="results JSON (default "
+                 "benchmarks/results/input_pipeline.json, input_pipeline_gcs.json for gs://)")
   a = p.parse_args()
+  if "://" in a.data:
+    a.out = a.out or "benchmarks/results/input_pipeline_gcs.json"
+    gcs_main(a)
+    return
+  a.out = a.out or "benchmarks/results/input_pipeline.json"
+  if a.gcs_emulator:
+    p.error("--gcs_emulator needs --data=gs://BUCKET/...")
   if a.mixture:
     mixture_main(a)
     return
@@ -197,6 +221,86 @@ def main() -> None:
   import grain, jax  # pylint: disable=g-import-not-at-top,multiple-imports
   results["versions"] = {"grain": grain.__version__ if hasattr(grain, "__version__") else "?",
                          "numpy": np.__version__, "python": platform.python_version()}
+  os.makedirs(os.path.dirname(a.out), exist_ok=True)
+  with open(a.out, "w") as f:
+    json.dump(results, f, indent=1)
+  print(json.dumps(results, indent=1))
+
+
+def start_gcs_emulator(bucket: str):
+  """gcp-storage-emulator in this process (as tests/conftest.py's fixture); returns it."""
+  import http.server  # pylint: disable=g-import-not-at-top
+  import logging  # pylint: disable=g-import-not-at-top
+  import socket  # pylint: disable=g-import-not-at-top
+  from gcp_storage_emulator import server as server_mod  # pylint: disable=g-import-not-at-top
+  # A batch's concurrent GETs overflow the default listen backlog of 5 (1 s connect retries).
+  http.server.HTTPServer.request_queue_size = 1024
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  server = server_mod.create_server("localhost", port, in_memory=True, default_bucket=bucket)
+  server.start()
+  logging.getLogger("gcp_storage_emulator").setLevel(logging.CRITICAL)
+  url = f"http://localhost:{port}"
+  os.environ.update({"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
+                     "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator"})  # grain workers inherit it.
+  return server
+
+
+def source_records_per_s(data: str, batch: int, seconds: float) -> dict[str, float]:
+  """Raw ShardedSource reads in a seeded random order: one at a time, and a batch at once."""
+  from ecgjax.data.source import ShardedSource  # pylint: disable=g-import-not-at-top
+  src = ShardedSource(data, "train")
+  order = np.random.default_rng(0).integers(0, len(src), 1 << 20)
+  out = {}
+  for name, step in (("one_at_a_time", 1), ("read_many", batch)):
+    n, t0 = 0, time.time()
+    while time.time() - t0 < seconds:
+      idx = order[n:n + step]
+      got = src.read_many(idx) if step > 1 else [src[int(idx[0])]]
+      n += len(got)
+    out[name] = round(n / (time.time() - t0), 1)
+  return out
+
+
+def gcs_main(a: argparse.Namespace) -> None:
+  """Two-view samples/s from a bucket beside the same shards on the local disk."""
+  from ecgjax import storage  # pylint: disable=g-import-not-at-top
+  from ecgjax.data import spec as spec_lib  # pylint: disable=g-import-not-at-top
+  local = ensure_shards(a.local_data, a.num_records)
+  server = None
+  if a.gcs_emulator:
+    server = start_gcs_emulator(a.data[len("gs://"):].split("/")[0])
+    t0 = time.time()
+    for f in storage.walk_files(local):
+      storage.upload(os.path.join(local, f), storage.join(a.data, f))
+    print(f"uploaded {local} to the emulator in {time.time() - t0:.1f}s")
+  spec = spec_lib.load(a.data)
+  if spec["shards"] != spec_lib.load(local)["shards"]:
+    raise ValueError(f"--data={a.data} and --local_data={local} hold different shards")
+  results = {"command": "python " + " ".join(sys.argv),
+             "date": datetime.date.today().isoformat(), "host": platform.node(),
+             "cpus": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 1),
+             "batch": a.batch, "seconds": a.seconds, "threads": a.threads,
+             "data": a.data, "local_data": local, "records": spec["num_records"],
+             "rates": spec["sampling_rates"],
+             "store": ("gcp-storage-emulator, in this process (a local HTTP server: per-request "
+                       "overhead, not GCS latency or bandwidth)" if a.gcs_emulator else a.data),
+             "grain": {}, "source_records_per_s": {}}
+  try:
+    for where, path in (("local", local), ("gcs", a.data)):
+      results["source_records_per_s"][where] = r = source_records_per_s(path, a.batch,
+                                                                        a.seconds / 2)
+      print(f"source {where:5s}: {r} records/s")
+    for w in [int(x) for x in a.workers.split(",")]:
+      row = results["grain"][f"workers={w}"] = {}
+      for where, path in (("local", local), ("gcs", a.data)):
+        row[where] = round(grain_samples_per_s(path, a.batch, w, a.threads, a.seconds), 1)
+        print(f"grain {where:5s} workers={w}: {row[where]:9.0f} two-view samples/s")
+      row["gcs_over_local"] = round(row["gcs"] / row["local"], 3)
+  finally:
+    if server is not None:
+      server.stop()
   os.makedirs(os.path.dirname(a.out), exist_ok=True)
   with open(a.out, "w") as f:
     json.dump(results, f, indent=1)

@@ -7,14 +7,14 @@ Same code path as ``data_pipelines.convert``: Beam only distributes the shard gr
 (``convert.convert_group``: read -> validate -> R-peaks -> encode -> write shard + index +
 done marker) and the merge into spec.json is ``convert``'s own, so the shards are
 byte-identical to the local converter's for the same arguments. DirectRunner in tests; any
-runner (Dataflow, Flink, Spark) that can reach ``--input``/``--output`` works.
+runner (Dataflow, Flink, Spark) that can reach ``--input``/``--output`` works; ``--output``
+may be a bucket, which each worker writes its groups' objects to (see ``convert``).
 Needs ``pip install 'ecgjax[beam]'``.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from data_pipelines import convert
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace, beam_argv: list[str]) -> dict:
                  | "Convert" >> beam.Map(convert_one)
                  | "Collect" >> beam.combiners.ToList())
     summaries | "WriteSpec" >> beam.Map(write_spec, reader, args, label_encoding)
-  if not os.path.exists(os.path.join(args.output, spec_lib.SPEC_FILE)):
+  if not spec_lib.exists(args.output):
     raise cli.EmptyOutputError(f"0 of {sum(len(g) for g in groups)} records converted; no "
                                f"spec.json written, see {args.output}/rejects.jsonl")
   return spec_lib.load(args.output)

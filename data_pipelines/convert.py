@@ -15,19 +15,33 @@ the run: each becomes a line in ``rejects.jsonl`` with its id, source and reason
 Records whose source gives no split get a seeded, patient-wise one (``--split_seed``,
 ``--split_fractions``; :mod:`data_pipelines.splits`); ``spec.json:split_origin`` says which
 happened. ``--records`` converts only the listed record ids (e.g. MIT-BIH DS1).
+
+``--output`` may be a bucket (``gs://bucket/shards``, any fsspec URL; :mod:`ecgjax.storage`).
+Every file is then written straight to it, one whole object at a time: a shard is spooled to
+a local temporary file and uploaded on close (its index first), the done markers and the
+small JSON files are single uploads, and spec.json is the last object written, so a
+directory without one is unfinished. This route, rather than a staging directory uploaded at
+the end, keeps the per-group resume (the markers live in the bucket), needs local disk for
+only the shards being written, and lets Beam workers on other machines write their groups.
+``--input`` (one .npy/.npz/.h5 file, ``--format=numpy``) and ``--labels`` may be in a bucket
+too: they are copied to a temporary directory for the run (with the input's sidecar JSON).
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import datetime
 import json
 import logging
 import multiprocessing
 import os
+import posixpath
+import shutil
 import sys
+import tempfile
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import tqdm
@@ -35,6 +49,7 @@ import tqdm
 from data_pipelines import splits as splits_lib
 from data_pipelines import validate as validate_lib
 from ecgjax import cli
+from ecgjax import storage
 from ecgjax.data import spec as spec_lib
 from ecgjax.data.records import EcgRecord, Reject
 
@@ -58,7 +73,8 @@ def make_reader(args: argparse.Namespace):
     extra.update({k: getattr(args, k) for k in ("units", "layout") if getattr(args, k, None)})
   if args.format == "wfdb" and args.lead_map:
     extra["lead_map"] = args.lead_map
-  reader = readers.make_reader(args.format, args.input, args.labels, args.sampling_rate, **extra)
+  reader = readers.make_reader(args.format, _local(args, "input"), _local(args, "labels"),
+                               args.sampling_rate, **extra)
   if getattr(args, "segment", None):
     from data_pipelines import segment  # pylint: disable=g-import-not-at-top
     if args.format != "wfdb":
@@ -67,6 +83,42 @@ def make_reader(args: argparse.Namespace):
         reader, args.segment, args.window_s, args.annotations, args.split_scheme,
         args.beat_offset_s, args.max_per_record, args.val_records, args.seed)
   return reader
+
+
+def _local(args: argparse.Namespace, flag: str) -> str | None:
+  """The local copy of a bucket's --input / --labels (:func:`local_inputs`), else the flag."""
+  return getattr(args, f"{flag}_local", None) or getattr(args, flag)
+
+
+@contextlib.contextmanager
+def local_inputs(args: argparse.Namespace) -> Iterator[argparse.Namespace]:
+  """``args`` whose --input / --labels in a bucket are copied to a temporary directory.
+
+  The readers open local files (np.load's memory map, h5py), so only a single numpy/HDF5
+  file (and its sidecar ``<input>.json`` / ``<stem>.json``) is read from a bucket; the flags
+  keep their URLs, so the resume fingerprint and spec.json name the bucket.
+  """
+  remote = [k for k in ("input", "labels") if storage.is_remote(getattr(args, k) or "")]
+  if not remote:
+    yield args
+    return
+  if "input" in remote and (args.format != "numpy" or storage.isdir(args.input)):
+    raise ValueError(f"--input={args.input}: from a bucket only one .npy/.npz/.h5 file "
+                     f"(--format=numpy) is read; copy {args.format} archives to a local disk")
+  tmp = tempfile.mkdtemp(prefix="ecgjax_convert_input_")
+  try:
+    out = argparse.Namespace(**vars(args))
+    for flag in remote:
+      url = getattr(args, flag)
+      if not storage.isfile(url):
+        raise FileNotFoundError(f"--{flag}={url} does not exist")
+      sidecars = (url + ".json", posixpath.splitext(url)[0] + ".json") if flag == "input" else ()
+      for src in (url, *(s for s in sidecars if storage.isfile(s))):
+        storage.download(src, os.path.join(tmp, storage.basename(src)))
+      setattr(out, f"{flag}_local", os.path.join(tmp, storage.basename(url)))
+    yield out
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _fingerprint(args: argparse.Namespace) -> dict[str, Any]:
@@ -134,10 +186,9 @@ def convert_group(reader, items: list[str], group: int, args: argparse.Namespace
   when a finished group is skipped, so a progress bar moves per record.
   """
   progress = progress or _worker_progress
-  marker = os.path.join(args.output, _GROUPS_DIR, f"{group:05d}.json")
-  if os.path.exists(marker):
-    with open(marker) as f:
-      summary = json.load(f)
+  marker = storage.join(args.output, _GROUPS_DIR, f"{group:05d}.json")
+  if storage.exists(marker):
+    summary = json.loads(storage.read_text(marker))
     progress(len(items))
     return summary
   # Imported here, not at the top: a flag error is reported before TF protos and scipy load.
@@ -161,7 +212,7 @@ def convert_group(reader, items: list[str], group: int, args: argparse.Namespace
             splits_lib.patient_key(rec.patient_id, rec.record_id), args.split_seed, fractions)
       if split not in writers:
         name = f"{split}.tfrecord-{group:05d}-of-{args.num_shards:05d}"
-        writers[split] = tfrecord.TFRecordWriter(os.path.join(args.output, name))
+        writers[split] = tfrecord.TFRecordWriter(storage.join(args.output, name))
       writers[split].write(example.encode(rec, label_encoding, num_classes))
       counts[split] += 1
       rates[str(float(rec.sampling_rate))] += 1
@@ -181,7 +232,7 @@ def convert_group(reader, items: list[str], group: int, args: argparse.Namespace
     raise
   summary = {
       "group": group,
-      "shards": [{"file": os.path.basename(w.path), "split": s, "records": counts[s]}
+      "shards": [{"file": storage.basename(w.path), "split": s, "records": counts[s]}
                  for s, w in sorted(writers.items())],
       "counts": dict(counts), "rates": dict(rates), "dtypes": dict(dtypes), "rejects": rejects,
       "split_sources": dict(split_sources),
@@ -189,10 +240,7 @@ def convert_group(reader, items: list[str], group: int, args: argparse.Namespace
       "label_counts": {k: v.tolist() for k, v in label_counts.items()},
       "lead_sums": stats.to_json(),
   }
-  tmp = marker + f".tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(summary, f)
-  os.replace(tmp, marker)
+  storage.write_text(marker, json.dumps(summary))  # atomic: temp + rename, or one upload.
   return summary
 
 
@@ -239,15 +287,14 @@ def merge(summaries: Iterable[dict[str, Any]], reader, args, label_encoding) -> 
     mean = s1 / max(n, 1)
     lead_stats[lead] = {"mean": mean, "std": float(np.sqrt(max(s2 / max(n, 1) - mean**2, 0.0))),
                         "count": int(n)}
-  with open(os.path.join(args.output, "rejects.jsonl"), "w") as f:
-    for r in rejects:
-      f.write(json.dumps(r) + "\n")
+  storage.write_text(storage.join(args.output, "rejects.jsonl"),
+                     "".join(json.dumps(r) + "\n" for r in rejects))
   by_reason = collections.Counter(r["reason"].split(":")[0].split(" in ")[0] for r in rejects)
   lead_order = _lead_order(lead_stats)
   return {
       "converter_version": spec_lib.CONVERTER_VERSION,
       "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      "format": args.format, "source": os.path.abspath(args.input) if args.input else None,
+      "format": args.format, "source": storage.abspath(args.input) if args.input else None,
       "args": _fingerprint(args),
       "units": "mV",
       "dtype_note": "signal feature = raw little-endian array of the per-record 'dtype' "
@@ -291,7 +338,12 @@ def _lead_order(lead_stats: dict[str, Any]) -> list[str]:
 
 
 def _remove_stale_temps(output: str) -> None:
-  """Deletes the ``*.tmp-PID`` files a killed run left (never renamed, so never valid)."""
+  """Deletes the ``*.tmp-PID`` files a killed run left (never renamed, so never valid).
+
+  A bucket never holds any: its objects are uploaded whole.
+  """
+  if storage.is_remote(output):
+    return
   for d in (output, os.path.join(output, _GROUPS_DIR)):
     for name in os.listdir(d):
       if ".tmp-" in name:
@@ -307,7 +359,11 @@ def plan(args: argparse.Namespace):
   """
   if args.format not in FORMATS:
     raise ValueError(f"--format={args.format!r}; expected one of {FORMATS}")
-  if args.format != "synthetic" and not (args.input and os.path.exists(args.input)):
+  for flag in ("input", "labels"):
+    if storage.is_remote(getattr(args, flag) or "") and not getattr(args, f"{flag}_local", None):
+      raise ValueError(f"--{flag}={getattr(args, flag)}: read from a bucket by convert.convert "
+                       "only (one numpy/HDF5 file); this runner needs a local or mounted path")
+  if args.format != "synthetic" and not (args.input and os.path.exists(_local(args, "input"))):
     raise FileNotFoundError(f"--input={args.input!r} does not exist")
   if args.num_shards < 1:
     raise ValueError(f"--num_shards={args.num_shards}: must be >= 1")
@@ -325,20 +381,16 @@ def plan(args: argparse.Namespace):
   items = select_records(reader, reader.list_items(), args.records)
   if not items:
     raise ValueError(f"--input={args.input}: no {args.format} records found")
-  os.makedirs(os.path.join(args.output, _GROUPS_DIR), exist_ok=True)
-  fp_path = os.path.join(args.output, _GROUPS_DIR, "args.json")
+  storage.makedirs(storage.join(args.output, _GROUPS_DIR))
+  fp_path = storage.join(args.output, _GROUPS_DIR, "args.json")
   fingerprint = _fingerprint(args)
-  if os.path.exists(fp_path):
-    with open(fp_path) as f:
-      previous = json.load(f)
+  if storage.exists(fp_path):
+    previous = json.loads(storage.read_text(fp_path))
     if previous != fingerprint:
       raise ValueError(f"--output={args.output} holds a conversion with other settings "
                        f"{previous}; use a new --output directory")
-  else:
-    tmp = fp_path + f".tmp-{os.getpid()}"  # a kill mid-write must not block the re-run.
-    with open(tmp, "w") as f:
-      json.dump(fingerprint, f)
-    os.replace(tmp, fp_path)
+  else:  # atomic: a kill mid-write must not block the re-run.
+    storage.write_text(fp_path, json.dumps(fingerprint))
   _remove_stale_temps(args.output)
   label_encoding = "multi_hot" if reader.label_type == "multi_hot" else "class_index"
   groups = [items[g::args.num_shards] for g in range(args.num_shards)]
@@ -367,6 +419,11 @@ def _input_name(reader) -> str:
 
 def convert(args: argparse.Namespace) -> dict[str, Any]:
   """Runs a (resumable) conversion and returns the written spec."""
+  with local_inputs(args) as local_args:
+    return _convert(local_args)
+
+
+def _convert(args: argparse.Namespace) -> dict[str, Any]:
   reader, groups, label_encoding, num_classes = plan(args)
   items = [i for g in groups for i in g]
   jobs = [(reader, g_items, g, args, label_encoding, num_classes)
@@ -402,7 +459,7 @@ def convert(args: argparse.Namespace) -> dict[str, Any]:
       example = f"; e.g. {first['record_id']}: {first['reason']}"
     raise cli.EmptyOutputError(
         f"0 of {len(items)} records converted ({reasons}{example}); no spec.json written, "
-        f"see {os.path.join(args.output, 'rejects.jsonl')}")
+        f"see {storage.join(args.output, 'rejects.jsonl')}")
   spec["conversion"] = {"seconds": round(elapsed, 2),
                         "records_per_s": round(len(items) / max(elapsed, 1e-9), 1),
                         "workers": args.workers}

@@ -1,14 +1,14 @@
 """Checks a training config before anything is compiled; errors name the field."""
 from __future__ import annotations
 
-import os
-
 import jax
 import ml_collections
 
 from ecgjax import cli
+from ecgjax import storage
 from ecgjax.config import ConfigError, _check, num_patches, patch_size  # noqa: F401 (re-exported)
 from ecgjax.data import mixture
+from ecgjax.data import spec as spec_lib
 from ecgjax.data.records import STANDARD_LEADS
 from ecgjax.models import signal_transformer
 from ecgjax.sharding import MESH_AXES, resolve_mesh_shape
@@ -95,8 +95,8 @@ def validate(config, num_devices: int | None = None, reference=None) -> None:
   field = "data.mixture" if d.get("mixture") else "data.path"
   for i, src in enumerate(sources):
     name = f"{field}[{i}]" if len(sources) > 1 else field
-    _check(os.path.isdir(src.path), name, f"{src.path!r} is not a directory")
-    _check(os.path.exists(os.path.join(src.path, "spec.json")), name,
+    _check(storage.isdir(src.path), name, f"{src.path!r} is not a directory")
+    _check(spec_lib.exists(src.path), name,
            f"{src.path!r} has no spec.json; convert the archive first "
            "(python -m data_pipelines.convert ...)")
   l = config.loss

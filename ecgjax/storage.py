@@ -107,6 +107,22 @@ def listdir(path: str) -> list[str]:
   return sorted(posixpath.basename(x.rstrip("/")) for x in fs.ls(p, detail=False))
 
 
+def file_sizes(path: str) -> dict[str, int]:
+  """{path: size} of the files directly under ``path`` ({} if none; a URL: one listing)."""
+  if not is_remote(path):
+    if not os.path.isdir(path):
+      return {}
+    with os.scandir(path) as it:
+      return {os.path.join(path, e.name): e.stat().st_size for e in it if e.is_file()}
+  fs, p = _fs(path)
+  scheme = path.split("://", 1)[0]
+  try:
+    entries = fs.ls(p, detail=True)
+  except FileNotFoundError:
+    return {}
+  return {f"{scheme}://{e['name']}": int(e["size"]) for e in entries if e["type"] == "file"}
+
+
 def glob(pattern: str) -> list[str]:
   if not is_remote(pattern):
     return sorted(glob_lib.glob(pattern))
@@ -148,6 +164,16 @@ def read_bytes(path: str) -> bytes:
   return fs.cat_file(p)
 
 
+def read_many(paths: list[str]) -> list[bytes]:
+  """``read_bytes`` of each path; for URLs the GETs go out together."""
+  if not paths or not is_remote(paths[0]):
+    return [read_bytes(p) for p in paths]
+  fs, _ = _fs(paths[0])
+  stripped = [fs._strip_protocol(p) for p in paths]  # pylint: disable=protected-access
+  got = fs.cat(stripped, on_error="raise")
+  return [got[p] for p in stripped]
+
+
 def read_text(path: str) -> str:
   return read_bytes(path).decode("utf-8")
 
@@ -160,6 +186,18 @@ def read_range(path: str, start: int, end: int) -> bytes:
       return f.read(max(0, end - start))
   fs, p = _fs(path)
   return fs.cat_file(p, start=start, end=end)
+
+
+def read_ranges(paths: list[str], starts: list[int], ends: list[int]) -> list[bytes]:
+  """``read_range`` of many (path, start, end) at once: for URLs concurrent GETs (one round
+  trip's latency for the lot instead of one per range), locally one read each."""
+  if not paths:
+    return []
+  if not is_remote(paths[0]):
+    return [read_range(p, s, e) for p, s, e in zip(paths, starts, ends)]
+  fs, _ = _fs(paths[0])
+  stripped = [fs._strip_protocol(p) for p in paths]  # pylint: disable=protected-access
+  return fs.cat_ranges(stripped, list(starts), list(ends), on_error="raise")
 
 
 def write_bytes(path: str, data: bytes, mode: int | None = None) -> None:
@@ -229,6 +267,15 @@ def upload(local_path: str, path: str) -> None:
     return
   fs, p = _fs(path)
   fs.put_file(local_path, p)
+
+
+def download(path: str, local_path: str) -> None:
+  """Copies ``path`` (local or URL) to the local file ``local_path``."""
+  if not is_remote(path):
+    shutil.copyfile(path, local_path)
+    return
+  fs, p = _fs(path)
+  fs.get_file(p, local_path)
 
 
 @contextlib.contextmanager

@@ -24,6 +24,8 @@ def test_write_read_list_and_ranges(root):
   assert storage.read_range(path, 3, 6) == b"345"
   assert storage.read_range(path, 8, 20) == b"89"  # short at the end, as a local read is.
   assert storage.getsize(path) == 10
+  assert storage.file_sizes(storage.join(root, "a")) == {path: 10}
+  assert storage.read_many([path, path]) == [b"0123456789"] * 2
   assert storage.listdir(storage.join(root, "a")) == ["b.bin"]
   assert storage.glob(storage.join(root, "a", "*.bin")) == [path]
   storage.write_text(storage.join(root, "a", "c", "d.txt"), "hé")

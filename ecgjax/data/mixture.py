@@ -4,11 +4,12 @@
   config.data.path = "/data/ptbxl:0.7,/data/mitbih:0.3"  # PATH[:WEIGHT], comma-separated
   config.data.mixture = ("/data/ptbxl:0.7", "/data/mitbih:0.3")   # the same, as a list
 
-A weight defaults to 1; weights are normalised to sum to 1. Sources may differ in rate,
-lead set and record length: every record is cut to the model's window by the same
-:class:`~ecgjax.data.pipeline.SegmentCutter`. Pretraining reads ``mixture`` when it is
-given, else ``path``; eval, plots and the demo probe read ``path`` (its first entry), or
-the mixture's first source when ``path`` is empty (:func:`primary_path`).
+A PATH may be a bucket URL (``gs://bucket/shards:0.7``). A weight defaults to 1; weights are
+normalised to sum to 1. Sources may differ in rate, lead set and record length: every record
+is cut to the model's window by the same :class:`~ecgjax.data.pipeline.SegmentCutter`.
+Pretraining reads ``mixture`` when it is given, else ``path``; eval, plots and the demo
+probe read ``path`` (its first entry), or the mixture's first source when ``path`` is empty
+(:func:`primary_path`).
 
 Batch k of a mixture stays a pure function of (seed, process, k), like the single-source
 :class:`~ecgjax.data.pipeline.TrainBatches`: its per-source row counts are a multinomial
@@ -49,7 +50,7 @@ def _parse_entry(entry: Any, field: str) -> Source:
     raise MixtureError(f"config.{field}: {entry!r} is not a 'PATH[:WEIGHT]' string")
   text = entry.strip()
   path, weight = text, 1.0
-  if ":" in text:
+  if ":" in text and not text.rsplit(":", 1)[1].startswith("//"):  # gs://b/x has no weight.
     head, tail = text.rsplit(":", 1)
     try:
       weight = float(tail)
@@ -242,13 +243,18 @@ class MixtureBatches(grain.MapDataset):
     k, b = int(index), self.batch_size
     draws = pipeline.batch_draws(self.seed, self.process_index, k, b, self.cutter.views)
     out = self.cutter.new_batch(b)
-    out["source"] = np.empty(b, np.int32)
-    for j, (s, position) in enumerate(zip(*self.rows(k))):
-      s = int(s)
-      record = pipeline.read_replacing_corrupt(self.sources[s], self.orders[s], int(position),
-                                               self._per_epoch[s])
+    src, pos = self.rows(k)
+    out["source"] = src.astype(np.int32)
+    records = [None] * b
+    for s in np.unique(src):  # a source's rows hold consecutive positions: one read_many each.
+      rows = np.flatnonzero(src == s)
+      first = int(pos[rows].min())
+      got = pipeline.read_batch_replacing_corrupt(self.sources[s], self.orders[s], first,
+                                                  rows.size, self._per_epoch[s])
+      for j in rows:
+        records[j] = got[int(pos[j]) - first]
+    for j, record in enumerate(records):
       self.cutter.fill(out, j, record, draws[j])
-      out["source"][j] = s
     return out
 
 

@@ -259,8 +259,8 @@ class TrainBatches(grain.MapDataset):
     k, b = int(index), self.batch_size
     draws = batch_draws(self.seed, self.process_index, k, b, self.cutter.views)
     out = self.cutter.new_batch(b)
-    for j in range(b):
-      record = read_replacing_corrupt(self.source, self.order, k * b + j, self._per_epoch)
+    records = read_batch_replacing_corrupt(self.source, self.order, k * b, b, self._per_epoch)
+    for j, record in enumerate(records):
       self.cutter.fill(out, j, record, draws[j])
     return out
 
@@ -274,15 +274,35 @@ def batch_draws(seed: int, process_index: int, k: int, batch: int, views: int) -
 
 
 def read_replacing_corrupt(source: ShardedSource, order: RecordOrder, position: int,
-                           per_epoch: int):
+                           per_epoch: int, first_attempt: int = 0):
   """The record at ``position`` of a process's stream, or, when it is corrupt (``None``,
   skip_corrupt), the one at the same position of the next epoch, so batches keep their size."""
-  for attempt in range(MAX_REPLACEMENTS):
+  for attempt in range(first_attempt, MAX_REPLACEMENTS):
     data = source[order[position + attempt * per_epoch]]
     if data is not None:
       return data
   raise RuntimeError(f"{MAX_REPLACEMENTS} records in a row were corrupt in {source!r}; "
                      "the shards need re-converting")
+
+
+def read_batch_replacing_corrupt(source: ShardedSource, order: RecordOrder, first: int,
+                                 count: int, per_epoch: int) -> list:
+  """:func:`read_replacing_corrupt` of positions ``first .. first + count - 1``; their first
+  reads go to the source together (``read_many``: concurrent ranged GETs on a bucket)."""
+  records = source.read_many([order[first + j] for j in range(count)])
+  return [r if r is not None else
+          read_replacing_corrupt(source, order, first + j, per_epoch, first_attempt=1)
+          for j, r in enumerate(records)]
+
+
+class _ReadBatch(grain.transforms.Map):
+  """Record indices -> cut batch, read with one ``read_many`` (concurrent GETs on a bucket)."""
+
+  def __init__(self, source: ShardedSource, cutter: SegmentCutter):
+    self.source, self.cutter = source, cutter
+
+  def map(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    return self.cutter(self.source.read_many(indices))
 
 
 class ResampleViews(grain.transforms.Map):
@@ -355,7 +375,7 @@ def make_eval_dataset(data_cfg, split: str, batch_size: int, process_index: int 
   window = WindowConfig.from_config(data_cfg, source.spec)
   cutter = SegmentCutter(window, len(source.spec["label_names"]), source.spec["label_encoding"],
                          views=1)
-  ds = process_records(source, None, process_index, process_count)
+  order = RecordOrder(len(source), None, process_index, process_count)
   # Records skipped as corrupt (None) are dropped inside their batch, which then is shorter.
-  return ds.batch(batch_size, drop_remainder=False, batch_fn=cutter).map(
-      ResampleViews(window)), source
+  return order.batch(batch_size, drop_remainder=False).map(
+      _ReadBatch(source, cutter)).map(ResampleViews(window)), source

@@ -10,12 +10,16 @@ export. Keys:
   label_names [...], label_encoding ('multi_hot' | 'class_index'), label_counts {split: [...]},
   lead_stats {lead: {mean, std, count}} (mV, over accepted records),
   shards [{file, split, records}], rejects {count, by_reason, file}, reader_summary {...}
+
+``data_dir`` may be a URL (``gs://bucket/shards``; :mod:`ecgjax.storage`). spec.json is the
+last file a conversion writes, so its presence means the directory is complete.
 """
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
+
+from ecgjax import storage
 
 CONVERTER_VERSION = "1.0.0"
 SPEC_FILE = "spec.json"
@@ -27,14 +31,20 @@ class SpecError(ValueError):
   """spec.json is missing, malformed, or disagrees with the shard files."""
 
 
+def exists(data_dir: str) -> bool:
+  """Whether ``data_dir`` (local or URL) holds a finished conversion (its spec.json)."""
+  return storage.isfile(storage.join(data_dir, SPEC_FILE))
+
+
 def load(data_dir: str) -> dict[str, Any]:
-  path = os.path.join(data_dir, SPEC_FILE)
-  if not os.path.exists(path):
-    raise SpecError(f"{path} not found: {data_dir} is not a converted shard directory "
-                    "(run `python -m data_pipelines.convert ...` first)")
+  path = storage.join(data_dir, SPEC_FILE)
   try:
-    with open(path) as f:
-      spec = json.load(f)
+    text = storage.read_text(path)
+  except (FileNotFoundError, NotADirectoryError):
+    raise SpecError(f"{path} not found: {data_dir} is not a converted shard directory "
+                    "(run `python -m data_pipelines.convert ...` first)") from None
+  try:
+    spec = json.loads(text)
   except json.JSONDecodeError as e:
     raise SpecError(f"{path} is not valid JSON: {e}") from e
   missing = [k for k in REQUIRED_KEYS if k not in spec]
@@ -43,14 +53,18 @@ def load(data_dir: str) -> dict[str, Any]:
   return spec
 
 
-def shards_for_split(spec: dict[str, Any], data_dir: str, split: str) -> list[tuple[str, int]]:
-  """(path, record_count) of every shard of ``split``; raises if a listed file is absent."""
+def shards_for_split(spec: dict[str, Any], data_dir: str, split: str,
+                     exists=storage.exists) -> list[tuple[str, int]]:
+  """(path, record_count) of every shard of ``split``; raises if a listed file is absent.
+
+  ``exists``: a test for a path (e.g. membership in one listing of the directory).
+  """
   out = []
   for entry in spec["shards"]:
     if entry["split"] != split:
       continue
-    path = os.path.join(data_dir, entry["file"])
-    if not os.path.exists(path):
+    path = storage.join(data_dir, entry["file"])
+    if not exists(path):
       raise SpecError(f"shard {path} is listed in {SPEC_FILE} but missing from {data_dir}")
     out.append((path, int(entry["records"])))
   if not out:
@@ -60,9 +74,6 @@ def shards_for_split(spec: dict[str, Any], data_dir: str, split: str) -> list[tu
 
 
 def write(data_dir: str, spec: dict[str, Any]) -> str:
-  path = os.path.join(data_dir, SPEC_FILE)
-  tmp = path + f".tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(spec, f, indent=1, sort_keys=True)
-  os.replace(tmp, path)
+  path = storage.join(data_dir, SPEC_FILE)
+  storage.write_text(path, json.dumps(spec, indent=1, sort_keys=True))
   return path

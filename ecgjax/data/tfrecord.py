@@ -10,15 +10,22 @@ writer records them and :func:`write_index` stores them as ``DIR/index/<shard>.i
 (little-endian int64 offsets, one per record, plus the file size). The index lives in its
 own folder so that ``DIR/<split>.tfrecord-*`` (the glob a TensorFlow user types) matches
 shards only. Directories converted before that kept ``DIR/<shard>.index``; they still open.
+
+Paths may be URLs (``gs://...``, :mod:`ecgjax.storage`): a writer then spools the shard to a
+local temporary file and uploads it on close (index first, then the shard, as the local
+rename order), and the index is read with one GET.
 """
 from __future__ import annotations
 
 import os
 import struct
+import tempfile
 from typing import Iterator
 
 import crc32c as _crc32c
 import numpy as np
+
+from ecgjax import storage
 
 _MASK_DELTA = 0xA282EAD8
 _HEADER = struct.Struct("<QI")
@@ -52,11 +59,18 @@ def frame(data: bytes) -> bytes:
 
 
 class TFRecordWriter:
-  """Writes frames to ``path`` atomically: data goes to ``path.tmp-PID`` until close()."""
+  """Writes frames to ``path`` atomically: data goes to ``path.tmp-PID`` until close().
+
+  For a URL the temporary file is local and close() uploads it: an object appears whole.
+  """
 
   def __init__(self, path: str):
     self.path = path
-    self._tmp = f"{path}.tmp-{os.getpid()}"
+    if storage.is_remote(path):
+      fd, self._tmp = tempfile.mkstemp(prefix="ecgjax_shard_", suffix=f".tmp-{os.getpid()}")
+      os.close(fd)
+    else:
+      self._tmp = f"{path}.tmp-{os.getpid()}"
     self._f = open(self._tmp, "wb")
     self.offsets: list[int] = []
     self._pos = 0
@@ -73,6 +87,12 @@ class TFRecordWriter:
     os.fsync(self._f.fileno())
     self._f.close()
     write_index(self.path, self.offsets + [self._pos])
+    if storage.is_remote(self.path):
+      try:
+        storage.upload(self._tmp, self.path)
+      finally:
+        os.remove(self._tmp)
+      return
     os.replace(self._tmp, self.path)
 
   def abort(self) -> None:
@@ -92,8 +112,8 @@ class TFRecordWriter:
 
 def index_path(shard_path: str) -> str:
   """Where the offset index of ``shard_path`` is written: ``DIR/index/<shard>.index``."""
-  head, name = os.path.split(shard_path)
-  return os.path.join(head, INDEX_DIR, name + INDEX_SUFFIX)
+  return storage.join(storage.dirname(shard_path), INDEX_DIR,
+                      storage.basename(shard_path) + INDEX_SUFFIX)
 
 
 def legacy_index_path(shard_path: str) -> str:
@@ -103,16 +123,19 @@ def legacy_index_path(shard_path: str) -> str:
 
 def write_index(shard_path: str, offsets: list[int]) -> None:
   path = index_path(shard_path)
+  if storage.is_remote(path):
+    storage.write_bytes(path, np.asarray(offsets, dtype="<i8").tobytes())
+    return
   os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = f"{path}.tmp-{os.getpid()}"
   np.asarray(offsets, dtype="<i8").tofile(tmp)
   os.replace(tmp, path)
 
 
-def find_index(shard_path: str) -> str:
+def find_index(shard_path: str, exists=storage.exists) -> str:
   """The index file of ``shard_path`` (new layout first, then legacy); raises if neither."""
   for path in (index_path(shard_path), legacy_index_path(shard_path)):
-    if os.path.exists(path):
+    if exists(path):
       return path
   raise FileNotFoundError(f"offset index missing for shard {shard_path} (expected "
                           f"{index_path(shard_path)}); re-run the converter")
@@ -125,8 +148,27 @@ def read_index(shard_path: str, check_size: bool = True) -> np.ndarray:
   past its end then fail their frame check one by one, which a skipping reader counts.
   """
   index_file = find_index(shard_path)
-  offsets = np.fromfile(index_file, dtype="<i8")
-  size = os.path.getsize(shard_path)
+  return _checked(shard_path, index_file, storage.read_bytes(index_file),
+                  storage.getsize(shard_path), check_size)
+
+
+def read_indexes(shard_paths: list[str], sizes: dict[str, int],
+                 check_size: bool = True) -> list[np.ndarray]:
+  """:func:`read_index` of many shards, given ``sizes``, the {path: size} of the files in
+  their directories and index directories (:func:`ecgjax.storage.file_sizes`).
+
+  On a bucket that turns several sequential requests per shard (thousands of round trips
+  for a large set) into a few listings and one concurrent batch of GETs.
+  """
+  index_files = [find_index(p, sizes.__contains__) for p in shard_paths]
+  data = storage.read_many(index_files)
+  return [_checked(p, f, d, sizes[p], check_size)
+          for p, f, d in zip(shard_paths, index_files, data)]
+
+
+def _checked(shard_path: str, index_file: str, data: bytes, size: int,
+             check_size: bool) -> np.ndarray:
+  offsets = np.frombuffer(data, dtype="<i8")
   size_ok = offsets.size >= 1 and (offsets[-1] == size or not check_size)
   if not size_ok or np.any(np.diff(offsets) < HEADER_BYTES + FOOTER_BYTES):
     raise CorruptRecordError(shard_path, int(offsets[-1]) if offsets.size else 0,
@@ -138,7 +180,7 @@ def read_index(shard_path: str, check_size: bool = True) -> np.ndarray:
 def build_index(path: str) -> np.ndarray:
   """Scans a shard sequentially to rebuild its offsets (for shards written elsewhere)."""
   offsets = [0]
-  with open(path, "rb") as f:
+  with storage.open(path, "rb") as f:
     for _ in iter_frames(f, path):
       offsets.append(f.tell())
   return np.asarray(offsets, dtype=np.int64)
@@ -184,5 +226,5 @@ def iter_frames(f, path: str = "<stream>", verify: bool = True) -> Iterator[byte
 
 
 def read_records(path: str, verify: bool = True) -> Iterator[bytes]:
-  with open(path, "rb") as f:
+  with storage.open(path, "rb") as f:
     yield from iter_frames(f, path, verify)
