@@ -7,10 +7,6 @@ import logging
 import jax
 
 from ecgjax import storage
-<<<<<<< HEAD
-
-=======
->>>>>>> gsdata
 from ecgjax.data import spec as spec_lib
 
 
@@ -22,20 +18,11 @@ def ensure_synthetic_shards(syn_cfg, out_dir: str) -> str:
   A host that still sees no set after the barrier does not share ``out_dir`` with process
   0 and converts its own copy: the generator is seeded, so the data are identical.
   """
-<<<<<<< HEAD
-  spec_path = storage.join(out_dir, spec_lib.SPEC_FILE)
-  if jax.process_index() == 0 and not storage.exists(spec_path):
-    _convert_synthetic(syn_cfg, out_dir)
-  if jax.process_count() > 1:
-    _barrier("ecgjax_synthetic_shards_ready")
-    if not storage.exists(spec_path):
-=======
   if jax.process_index() == 0 and not spec_lib.exists(out_dir):
     _convert_synthetic(syn_cfg, out_dir)
   if jax.process_count() > 1:
     _barrier("ecgjax_synthetic_shards_ready")
     if not spec_lib.exists(out_dir):
->>>>>>> gsdata
       logging.warning("process %d does not see %s written by process 0; generating a local "
                       "copy", jax.process_index(), out_dir)
       _convert_synthetic(syn_cfg, out_dir)
