@@ -374,6 +374,7 @@ def _quarantine(manager: ocp.CheckpointManager, paths: list[str]) -> None:
   if jax.process_count() > 1:  # every process must stop listing the moved steps.
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices("ecgjax_quarantine")
+  storage.invalidate_caches(str(manager.directory))  # Orbax's (gcsfs) listings still show them.
   manager.reload()
 
 

@@ -3,16 +3,21 @@
 Only the writing is gated on process 0; every process computes the same values, so no
 collective ever depends on the process index.
 
-The workdir may be a bucket (``gs://``): tensorboardX writes its event file there itself
-(through google-cloud-storage, re-uploading the whole file at each flush), and since object
-stores cannot append, metrics.jsonl is kept in memory (its earlier rows read back on resume)
-and uploaded whole at each write.
+The workdir may be a bucket (``gs://``). Object stores cannot append, so metrics.jsonl is
+kept in memory (its earlier rows read back on resume) and uploaded whole at each write, and
+the TensorBoard event file is written locally and uploaded every ``TB_SYNC_S`` seconds and at
+close. (tensorboardX's own gs:// writer works against the emulator, but uploads the file
+again from ``__del__`` at garbage collection, which blocks for minutes of retries at exit
+when the store is unreachable.)
 """
 from __future__ import annotations
 
 import io
 import json
 import logging
+import os
+import shutil
+import tempfile
 import time
 from typing import Mapping
 
@@ -20,6 +25,8 @@ import jax
 import numpy as np
 
 from ecgjax import storage
+
+TB_SYNC_S = 60.0  # bucket workdirs: upload the TensorBoard event file at most this often.
 
 
 class MetricWriter:
@@ -31,7 +38,11 @@ class MetricWriter:
     if self.enabled:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       storage.makedirs(workdir)
-      self._tb = SummaryWriter(storage.join(workdir, "tb"))
+      self._tb_dir = storage.join(workdir, "tb")
+      self._tb_local = (tempfile.mkdtemp(prefix="ecgjax_tb_") if storage.is_remote(workdir)
+                        else self._tb_dir)
+      self._tb = SummaryWriter(self._tb_local)
+      self._synced = time.time()
       self._jsonl = JsonlAppender(storage.join(workdir, "metrics.jsonl"))
 
   def scalars(self, step: int, scalars: Mapping[str, float]) -> None:
@@ -41,6 +52,17 @@ class MetricWriter:
     for k, v in clean.items():
       self._tb.add_scalar(k, v, step)
     self._jsonl.write(json.dumps({"step": int(step), "time": time.time(), **clean}) + "\n")
+    if time.time() - self._synced > TB_SYNC_S:
+      self._sync_tb()
+
+  def _sync_tb(self) -> None:
+    """Uploads the local event files of a bucket workdir (whole; they are small)."""
+    self._synced = time.time()
+    if self._tb_local == self._tb_dir:
+      return
+    self._tb.flush()
+    for name in os.listdir(self._tb_local):
+      storage.upload(os.path.join(self._tb_local, name), storage.join(self._tb_dir, name))
 
   def image(self, step: int, tag: str, png_path: str) -> None:
     if not self.enabled:
@@ -52,6 +74,9 @@ class MetricWriter:
   def close(self) -> None:
     if self.enabled:
       self._tb.close()
+      self._sync_tb()
+      if self._tb_local != self._tb_dir:
+        shutil.rmtree(self._tb_local, ignore_errors=True)
       self._jsonl.close()
 
 

@@ -259,6 +259,18 @@ def move(src: str, dst: str) -> None:
   fs.rm(p, recursive=True)
 
 
+def invalidate_caches(path: str) -> None:
+  """Makes every cached fsspec instance of ``path``'s scheme forget its listings.
+
+  Other libraries hold their own instances (Orbax through etils.epath): after this module
+  deletes or moves objects under their feet, their cached listings would still show them.
+  """
+  if is_remote(path):
+    cls = type(_fs(path)[0])
+    for fs in list(getattr(cls, "_cache", {}).values()):
+      fs.invalidate_cache()
+
+
 def upload(local_path: str, path: str) -> None:
   """Copies a local file to ``path`` (local or URL)."""
   if not is_remote(path):

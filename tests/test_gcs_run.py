@@ -1,0 +1,143 @@
+"""Run-side files in a bucket (the GCS emulator) and on local disk: metrics.jsonl across a
+resume, TensorBoard, plots, checkpoint seal / verify / quarantine, export round trip."""
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+
+from ecgjax import checkpoint as ckpt_lib
+from ecgjax import metrics as metrics_lib
+from ecgjax import plots
+from ecgjax import state as state_lib
+from ecgjax import storage
+
+
+@pytest.fixture(params=["local", "gcs"])
+def root(request, tmp_path):
+  if request.param == "local":
+    return str(tmp_path)
+  bucket = request.getfixturevalue("gcs_emulator")
+  return f"{bucket}/run_test_{request.node.name.replace('[', '_').rstrip(']')}_{os.getpid()}"
+
+
+def test_metrics_jsonl_survives_a_resume_and_tensorboard_is_written(root):
+  w = metrics_lib.MetricWriter(root, enabled=True)
+  w.scalars(2, {"loss": 1.5})
+  w.scalars(4, {"loss": 1.25})
+  w.close()
+  time.sleep(1.1)  # tensorboardX names event files by the second.
+  w = metrics_lib.MetricWriter(root, enabled=True)  # a resumed run appends.
+  w.scalars(6, {"loss": 1.0, "lr": 0.5})
+  png = storage.join(root, "plots", "curve.png")
+  plots.loss_curves(png, plots.read_metrics(storage.join(root, "metrics.jsonl")))
+  w.image(6, "curve", png)
+  w.close()
+  rows = [json.loads(l) for l in storage.read_text(storage.join(root, "metrics.jsonl")).splitlines()]
+  assert [(r["step"], r["loss"]) for r in rows] == [(2, 1.5), (4, 1.25), (6, 1.0)]
+  assert rows[-1]["lr"] == 0.5
+  assert storage.read_bytes(png)[:8] == b"\x89PNG\r\n\x1a\n"
+  events = [f for f in storage.walk_files(storage.join(root, "tb")) if "tfevents" in f]
+  assert len(events) == 2  # one event file per writer (run and resumed run)
+  # The scalars and the image are in the event files (TFRecord framing, protobuf events).
+  from tensorboardX.proto import event_pb2
+  tags = []
+  for f in events:
+    data = storage.read_bytes(storage.join(root, "tb", f))
+    at = 0
+    while at < len(data):
+      n = int.from_bytes(data[at:at + 8], "little")
+      ev = event_pb2.Event.FromString(data[at + 12:at + 12 + n])
+      tags += [(ev.step, v.tag) for v in ev.summary.value]
+      at += 12 + n + 4
+  assert {(2, "loss"), (4, "loss"), (6, "loss"), (6, "lr"), (6, "curve")} <= set(tags), tags
+
+
+def _manager(directory):
+  cfg = ml_collections.ConfigDict({"keep_checkpoints": 5, "async_checkpointing": False})
+  return ckpt_lib.make_manager(directory, cfg)
+
+
+def test_checkpoint_seal_verify_and_quarantine(root):
+  directory = storage.join(root, "checkpoints")
+  state = {"w": jnp.arange(4096, dtype=jnp.float32), "b": jnp.ones((3, 5), jnp.float32)}
+  manager = _manager(directory)
+  for step in (1, 2):
+    ckpt_lib.save(manager, step, jax.tree.map(lambda x: x * step, state), None, force=True)
+  manager.wait_until_finished()
+  manager.close()
+  for step in (1, 2):
+    path = storage.join(directory, str(step))
+    assert ckpt_lib.is_final(path) and ckpt_lib.verify(path)
+  seal = json.loads(storage.read_text(storage.join(directory, "2", ckpt_lib.INTEGRITY_FILE)))
+  assert seal["files"] and all(f.startswith("state/") for f in seal["files"])
+  # Flip one byte of the largest sealed file: the seal catches it (Orbax would not).
+  rel = max(seal["files"], key=lambda f: seal["files"][f][0])
+  target = storage.join(directory, "2", rel)
+  data = bytearray(storage.read_bytes(target))
+  data[len(data) // 2] ^= 0xFF
+  storage.write_bytes(target, bytes(data))
+  with pytest.raises(ckpt_lib.CheckpointError, match="crc32c"):
+    ckpt_lib.verify(storage.join(directory, "2"))
+
+  manager = _manager(directory)
+  abstract = ckpt_lib.abstract_with_shardings(
+      state, jax.tree.map(lambda x: x.sharding, state))
+  step, restored, _ = ckpt_lib.restore(manager, abstract, None, quarantine=True)
+  assert step == 1
+  np.testing.assert_array_equal(restored["w"], np.arange(4096, dtype=np.float32))
+  assert manager.all_steps() == [1]
+  moved = storage.listdir(directory.rstrip("/") + "_unreadable")
+  assert len(moved) == 1 and moved[0].startswith("2-")
+  assert not storage.exists(storage.join(directory, "2", rel))
+  # The step number can be written again (Orbax refuses while the broken one is there).
+  ckpt_lib.save(manager, 2, state, None, force=True)
+  manager.wait_until_finished()
+  assert ckpt_lib.verify(storage.join(directory, "2"))
+  manager.close()
+
+
+def test_check_workdir_probes_the_bucket(root):
+  ckpt_lib.check_workdir(storage.join(root, "wd"))
+  left = storage.walk_files(root) if storage.isdir(root) else []
+  assert not [f for f in left if ".write_probe" in f]  # the probe object is deleted.
+  if storage.is_remote(root):
+    with pytest.raises(ckpt_lib.WorkdirError, match="gs://no-such-bucket-ecgjax/wd"):
+      ckpt_lib.check_workdir("gs://no-such-bucket-ecgjax/wd")
+
+
+def test_export_round_trip_and_load_pretrained(root, tmp_path):
+  from ecgjax.inference import encoder as encoder_lib
+  from ecgjax.inference import export
+  from ecgjax.inference import pretrained
+  from tests.conftest import micro_config
+  cfg = micro_config("")
+  model = encoder_lib.random_init(state_lib.model_config(cfg), seed=3)
+  meta = export.export_config(cfg, 7, root, "random")
+  out = storage.join(root, "export")
+  export.write(out, model, meta)
+  assert sorted(storage.listdir(out)) == ["README.md", "config.json", "numpy_encoder.py",
+                                          "params.safetensors"]
+  assert "step 7" in storage.read_text(storage.join(out, "README.md"))
+  expected = {k: v for k, v in export.flatten_params(nnx.state(model, nnx.Param)).items()
+              if not export.is_head_param(k)}
+  got = export.load_params(out)
+  assert got.keys() == expected.keys()
+  for k in got:
+    np.testing.assert_array_equal(got[k], expected[k], err_msg=k)
+  x = np.random.default_rng(1).standard_normal((2, 12, 1000)).astype(np.float32)
+  enc = pretrained.load_pretrained(out)
+  assert enc.config["source"] == storage.abspath(out)
+  emb = enc.embed(x, 250, mode="first")
+  win, present = enc.windows(x[0], 250, enc.leads, "first")
+  direct = np.asarray(model.embed(jnp.asarray(win), jnp.asarray(present[None])))
+  np.testing.assert_allclose(emb[:1], direct, rtol=1e-6, atol=1e-6)
+  # A damaged file names itself.
+  storage.write_bytes(storage.join(out, export.PARAMS_FILE), b"\x08\x00\x00")
+  with pytest.raises(ValueError, match="params.safetensors"):
+    export.load_params(out)
