@@ -141,3 +141,43 @@ def test_export_round_trip_and_load_pretrained(root, tmp_path):
   storage.write_bytes(storage.join(out, export.PARAMS_FILE), b"\x08\x00\x00")
   with pytest.raises(ValueError, match="params.safetensors"):
     export.load_params(out)
+
+
+def test_embed_cli_reads_and_writes_the_bucket(gcs_emulator, tmp_path):
+  """--model, --input (numpy + sidecar, and shards) and --output all in the bucket."""
+  import io
+  from data_pipelines import convert
+  from ecgjax.data.records import STANDARD_LEADS
+  from ecgjax.inference import embed
+  from ecgjax.inference import encoder as encoder_lib
+  from ecgjax.inference import export
+  from ecgjax.inference import pretrained
+  from tests.conftest import micro_config
+  root = f"{gcs_emulator}/embed_cli_{os.getpid()}"
+  cfg = micro_config("")
+  model = encoder_lib.random_init(state_lib.model_config(cfg), seed=5)
+  export.write(f"{root}/export", model, export.export_config(cfg, 0, root, "random"))
+  x = (np.random.default_rng(2).standard_normal((3, 12, 1000)) * 0.5).astype(np.float32)
+  buf = io.BytesIO()
+  np.save(buf, x)
+  storage.write_bytes(f"{root}/in/x.npy", buf.getvalue())
+  storage.write_text(f"{root}/in/x.json", json.dumps({"sampling_rate": 250,
+                                                      "leads": list(STANDARD_LEADS)}))
+  embed.run(embed.build_parser().parse_args([
+      f"--model={root}/export", f"--input={root}/in/x.npy", f"--output={root}/out/emb.npz",
+      "--mode=first", "--quiet"]))
+  with np.load(io.BytesIO(storage.read_bytes(f"{root}/out/emb.npz"))) as z:
+    got = z["embeddings"]
+  want = pretrained.load_pretrained(f"{root}/export").embed(x, 250, mode="first")
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+  shards = f"{root}/shards"
+  convert.convert(convert.build_parser().parse_args([
+      "--format=synthetic", f"--output={shards}", "--num_records=24", "--num_shards=1",
+      "--workers=1", "--sampling_rate=250", "--quiet"]))
+  out = embed.run(embed.build_parser().parse_args([
+      f"--model={root}/export", f"--input={shards}", f"--output={root}/out/shards",
+      "--splits=test", "--quiet"]))
+  spec = json.loads(storage.read_text(f"{shards}/spec.json"))
+  assert out["embeddings"].shape == (spec["splits"]["test"], 64)
+  assert storage.isfile(f"{root}/out/shards.npz")  # '.npz' added, as np.savez does.
