@@ -181,3 +181,36 @@ def test_embed_cli_reads_and_writes_the_bucket(gcs_emulator, tmp_path):
   spec = json.loads(storage.read_text(f"{shards}/spec.json"))
   assert out["embeddings"].shape == (spec["splits"]["test"], 64)
   assert storage.isfile(f"{root}/out/shards.npz")  # '.npz' added, as np.savez does.
+
+
+def test_probe_job_in_the_bucket_equals_the_local_one(gcs_emulator, synthetic_shards, tmp_path):
+  """Export, shards, workdir and embedding cache in the bucket: the same results as on disk."""
+  from data_pipelines import convert
+  from ecgjax.evaluation import probe
+  from ecgjax.inference import encoder as encoder_lib
+  from ecgjax.inference import export
+  from tests.conftest import micro_config
+  from tests.test_probe import _probe_config
+  root = f"{gcs_emulator}/probe_{os.getpid()}"
+  shards = f"{root}/shards"  # the synthetic_shards fixture's conversion, into the bucket
+  convert.convert(convert.build_parser().parse_args([
+      "--format=synthetic", f"--output={shards}", "--num_records=240", "--num_shards=3",
+      "--workers=1", "--sampling_rate=250", "--quiet"]))
+  cfg = micro_config(synthetic_shards)
+  model = encoder_lib.random_init(state_lib.model_config(cfg), seed=7)
+  meta = export.export_config(cfg, 0, str(tmp_path), "random")
+  export.write(str(tmp_path / "export"), model, meta)
+  export.write(f"{root}/export", model, meta)
+  local = probe.run(_probe_config(str(tmp_path / "export"), synthetic_shards),
+                    str(tmp_path / "probe"))
+  remote = probe.run(_probe_config(f"{root}/export", shards), f"{root}/probe")
+  assert [r["test"]["macro_auroc"] for r in remote["results"]] == [
+      r["test"]["macro_auroc"] for r in local["results"]]
+  saved = json.loads(storage.read_text(f"{root}/probe/results.json"))
+  assert saved["task"]["data_path"] == shards
+  for png in ("roc_curves.png", "label_efficiency.png"):
+    assert storage.getsize(f"{root}/probe/{png}") > 1000
+  assert len(storage.listdir(f"{root}/probe/embeddings")) == 3  # train, val, test
+  again = probe.run(_probe_config(f"{root}/export", shards), f"{root}/probe")
+  assert all(e["cached"] for e in again["splits"]["embeddings"].values())
+  assert again["results"] == remote["results"]
