@@ -61,8 +61,8 @@ class MetricWriter:
     if self._tb_local == self._tb_dir:
       return
     self._tb.flush()
-    for name in os.listdir(self._tb_local):
-      storage.upload(os.path.join(self._tb_local, name), storage.join(self._tb_dir, name))
+    for rel in storage.walk_files(self._tb_local):
+      storage.upload(os.path.join(self._tb_local, rel), storage.join(self._tb_dir, rel))
 
   def image(self, step: int, tag: str, png_path: str) -> None:
     if not self.enabled:
