@@ -51,7 +51,7 @@ def _initialize_distributed() -> None:
 class _QuietLibraries(logging.Filter):
   """Drops INFO chatter from Orbax/grain/JAX internals so progress lines stay readable."""
 
-  _NOISY = ("/orbax/", "/grain/", "/jax/_src/", "/etils/")
+  _NOISY = ("/orbax/", "/grain/", "/jax/_src/", "/etils/", "/fsspec/", "/gcsfs/")
 
   def filter(self, record: logging.LogRecord) -> bool:
     return record.levelno >= logging.WARNING or not any(s in record.pathname for s in self._NOISY)

@@ -9,6 +9,11 @@
   Orbax/TensorStore read a bit-flipped or partly truncated OCDBT data file without error,
   so restore checks the seal and falls back to the previous step on any mismatch;
 * a failing save is retried; the workdir is probed (writable, free space) before compile.
+
+The directory may be a bucket (``gs://...``): Orbax writes it through tensorstore, and the
+seal, its verification, the probe and the quarantine go through :mod:`ecgjax.storage`.
+There a step is final once Orbax wrote its ``commit_success.txt`` (no rename on object
+stores), and a quarantined step is copied out and then deleted.
 """
 from __future__ import annotations
 
@@ -27,11 +32,16 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
+from ecgjax import storage
+
 
 INTEGRITY_FILE = "ecgjax_integrity.json"
 _SEALED_ITEMS = ("state", "data_iter")  # Orbax may rewrite its step-level metadata later.
 _SAVE_RETRIES = 3
 _RETRY_BACKOFF_S = 2.0
+# Orbax's mark of a finished step on object stores (its CommitFileTemporaryPath), where a
+# step is written in place instead of renamed into place.
+COMMIT_FILE = "commit_success.txt"
 
 
 class CheckpointError(IOError):
@@ -46,18 +56,21 @@ class WorkdirError(OSError):
   """The workdir cannot hold checkpoints: not writable, or too little free space."""
 
 
-def _is_local(path: str) -> bool:
-  return "://" not in str(path)
-
-
 def step_dir(manager: ocp.CheckpointManager, step: int) -> str:
-  return os.path.join(str(manager.directory), str(step))
+  return storage.join(str(manager.directory), str(step))
+
+
+def is_final(path: str) -> bool:
+  """Whether Orbax finished writing the step directory ``path``."""
+  if storage.is_remote(path):
+    return storage.exists(storage.join(path, COMMIT_FILE))
+  return os.path.isdir(path)  # renamed into place when final.
 
 
 def _digest(path: str) -> tuple[int, int]:
   """(size, crc32c) of a file, streamed in 8 MiB chunks."""
   crc, size = 0, 0
-  with open(path, "rb") as f:
+  with storage.open(path, "rb") as f:
     while chunk := f.read(8 << 20):
       crc = crc32c.crc32c(chunk, crc)
       size += len(chunk)
@@ -67,20 +80,17 @@ def _digest(path: str) -> tuple[int, int]:
 def _item_files(path: str) -> list[str]:
   out = []
   for item in _SEALED_ITEMS:
-    for root, _, files in os.walk(os.path.join(path, item)):
-      out += [os.path.relpath(os.path.join(root, f), path) for f in files]
+    item_dir = storage.join(path, item)
+    if storage.isdir(item_dir):
+      out += [f"{item}/{f}" for f in storage.walk_files(item_dir)]
   return sorted(out)
 
 
 def seal(path: str) -> None:
   """Writes the integrity manifest of a finalised step directory (atomically)."""
-  files = {f: list(_digest(os.path.join(path, f))) for f in _item_files(path)}
-  tmp = os.path.join(path, f".{INTEGRITY_FILE}.tmp-{os.getpid()}")
-  with open(tmp, "w") as f:
-    json.dump({"version": 1, "files": files}, f)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, os.path.join(path, INTEGRITY_FILE))
+  files = {f: list(_digest(storage.join(path, f))) for f in _item_files(path)}
+  storage.write_text(storage.join(path, INTEGRITY_FILE), json.dumps({"version": 1,
+                                                                     "files": files}))
 
 
 def verify(path: str) -> bool:
@@ -89,17 +99,16 @@ def verify(path: str) -> bool:
   Unsealed steps come from older versions or a kill between Orbax's final rename and the
   seal (milliseconds); they are restored on Orbax's own checks, with a warning.
   """
-  manifest = os.path.join(path, INTEGRITY_FILE)
-  if not os.path.exists(manifest):
+  manifest = storage.join(path, INTEGRITY_FILE)
+  if not storage.exists(manifest):
     return False
   try:
-    with open(manifest) as f:
-      files = json.load(f)["files"]
+    files = json.loads(storage.read_text(manifest))["files"]
   except (OSError, ValueError, KeyError) as e:
     raise CheckpointError(f"checkpoint {path}: unreadable {INTEGRITY_FILE} ({e})") from e
   for rel, (size, crc) in sorted(files.items()):
-    full = os.path.join(path, rel)
-    if not os.path.exists(full):
+    full = storage.join(path, rel)
+    if not storage.exists(full):
       raise CheckpointError(f"checkpoint {path}: {rel} is missing")
     got_size, got_crc = _digest(full)
     if got_size != size:
@@ -118,7 +127,7 @@ class Manager(ocp.CheckpointManager):
 
   A poller thread seals a step as soon as Orbax renames its directory into place;
   wait_until_finished() seals whatever is still pending, so a clean exit leaves every
-  step sealed. Only process 0 seals, and only on local (POSIX) paths.
+  step sealed. Only process 0 seals.
   """
 
   def __init__(self, *args, **kwargs):
@@ -129,7 +138,7 @@ class Manager(ocp.CheckpointManager):
     self._closed = threading.Event()
 
   def seal_when_final(self, step: int) -> None:
-    if jax.process_index() != 0 or not _is_local(str(self.directory)):
+    if jax.process_index() != 0:
       return
     with self._seal_lock:
       self._pending.append(step)
@@ -146,7 +155,7 @@ class Manager(ocp.CheckpointManager):
     with self._seal_lock:
       for s in list(self._pending):
         path = step_dir(self, s)
-        if os.path.isdir(path):
+        if is_final(path):
           try:
             seal(path)
           except FileNotFoundError:  # deleted meanwhile by the preservation policy.
@@ -172,17 +181,16 @@ class Manager(ocp.CheckpointManager):
 
 
 def check_workdir(workdir: str) -> None:
-  """Fails fast when ``workdir`` cannot be created or written (before anything compiles)."""
-  if not _is_local(workdir):
-    return
+  """Fails fast when ``workdir`` cannot be created or written (before anything compiles).
+
+  A bucket is probed with one small object written and deleted (credentials, permissions,
+  a bucket that does not exist).
+  """
   try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f".write_probe-{os.getpid()}")
-    with open(probe, "wb") as f:
-      f.write(b"\0" * 4096)
-      f.flush()
-      os.fsync(f.fileno())
-    os.remove(probe)
+    storage.makedirs(workdir)
+    probe = storage.join(workdir, f".write_probe-{os.getpid()}")
+    storage.write_bytes(probe, b"\0" * 4096)
+    storage.remove(probe)
   except OSError as e:
     raise WorkdirError(f"workdir {workdir!r} is not writable: {e.strerror or e} "
                        f"({type(e).__name__}); choose another --workdir or fix its "
@@ -191,8 +199,8 @@ def check_workdir(workdir: str) -> None:
 
 def check_free_space(workdir: str, need_bytes: int) -> None:
   """Fails fast when the workdir's file system cannot hold one more checkpoint."""
-  if not _is_local(workdir):
-    return
+  if storage.is_remote(workdir):
+    return  # object stores have no free-space figure.
   free = shutil.disk_usage(workdir).free
   if free < need_bytes:
     raise WorkdirError(f"workdir {workdir!r} has {free / 2**20:.1f} MiB free but one "
@@ -213,7 +221,7 @@ def make_manager(ckpt_dir: str, cfg) -> ocp.CheckpointManager:
       create=True,
       cleanup_tmp_directories=True,
   )
-  return Manager(os.path.abspath(ckpt_dir), options=options, item_names=("state", "data_iter"))
+  return Manager(storage.abspath(ckpt_dir), options=options, item_names=("state", "data_iter"))
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any,
@@ -247,7 +255,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any,
 
 
 def _iter_state_file(manager: ocp.CheckpointManager, step: int) -> str:
-  return os.path.join(str(manager.directory), str(step), "data_iter",
+  return storage.join(str(manager.directory), str(step), "data_iter",
                       f"process_{jax.process_index()}-of-{jax.process_count()}.json")
 
 
@@ -263,7 +271,7 @@ def _check_seal(manager: ocp.CheckpointManager, s: int) -> str | None:
   """None if step ``s`` passes its seal (or has none), else why not."""
   path = step_dir(manager, s)
   try:
-    if not verify(path) and _is_local(path):
+    if not verify(path):
       logging.warning("checkpoint %s has no %s (older version, or killed while sealing): "
                       "restoring it on Orbax's own checks", path, INTEGRITY_FILE)
     return None
@@ -314,7 +322,7 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any,
       break
     path = step_dir(manager, chosen)
     items = {"state": ocp.args.StandardRestore(abstract_state)}
-    with_iter = data_iter is not None and os.path.exists(_iter_state_file(manager, chosen))
+    with_iter = data_iter is not None and storage.exists(_iter_state_file(manager, chosen))
     if with_iter:
       items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
     try:
@@ -352,18 +360,21 @@ def _quarantine(manager: ocp.CheckpointManager, paths: list[str]) -> None:
   """Moves unreadable steps out of the way (kept for forensics, not deleted).
 
   The resumed run will save those step numbers again, which Orbax refuses while the
-  broken directories are still there.
+  broken directories are still there. On an object store the move is a copy, then a
+  delete (no rename there).
   """
   if jax.process_index() == 0:
     dest_dir = str(manager.directory).rstrip("/") + "_unreadable"
-    os.makedirs(dest_dir, exist_ok=True)
+    storage.makedirs(dest_dir)
     for path in paths:
-      dest = os.path.join(dest_dir, f"{os.path.basename(path)}-{time.strftime('%Y%m%d-%H%M%S')}")
-      os.replace(path, dest)
+      dest = storage.join(dest_dir,
+                          f"{storage.basename(path)}-{time.strftime('%Y%m%d-%H%M%S')}")
+      storage.move(path, dest)
       logging.warning("moved unreadable checkpoint %s to %s", path, dest)
   if jax.process_count() > 1:  # every process must stop listing the moved steps.
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices("ecgjax_quarantine")
+  storage.invalidate_caches(str(manager.directory))  # Orbax's (gcsfs) listings still show them.
   manager.reload()
 
 

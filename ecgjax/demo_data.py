@@ -1,7 +1,6 @@
 """The embedded default dataset: synthetic 12-lead shards, built once when no data is given."""
 from __future__ import annotations
 
-import argparse
 import logging
 
 import jax

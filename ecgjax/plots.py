@@ -2,8 +2,8 @@
 label efficiency."""
 from __future__ import annotations
 
+import io
 import json
-import os
 from typing import Sequence
 
 import matplotlib
@@ -13,13 +13,16 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-imp
 import matplotlib.ticker  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np
 
+from ecgjax import storage
+
 
 def _save(fig, path: str, dpi: int) -> str:
-  """tight_layout, write the PNG (creating its folder), free the figure."""
+  """tight_layout, write the PNG (a local file or an object), free the figure."""
   fig.tight_layout()
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  fig.savefig(path, dpi=dpi)
+  buf = io.BytesIO()
+  fig.savefig(buf, dpi=dpi, format="png")
   plt.close(fig)
+  storage.write_bytes(path, buf.getvalue())
   return path
 
 
@@ -70,8 +73,7 @@ def reconstruction(path: str, original: np.ndarray, pred: np.ndarray, masked: np
 
 def read_metrics(path: str) -> list[dict]:
   """The rows of a metrics.jsonl (later rows for a step replace earlier ones on resume)."""
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in storage.read_text(path).splitlines() if line.strip()]
 
 
 # (train key, val key, title) of each loss-curve panel.

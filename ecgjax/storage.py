@@ -89,6 +89,16 @@ def getsize(path: str) -> int:
   return int(fs.size(p))
 
 
+def info(path: str) -> dict:
+  """A file's metadata: ``size`` always; ``mtime_ns`` locally, the store's fields (e.g. GCS
+  ``generation``, ``crc32c``) for a URL."""
+  if not is_remote(path):
+    st = os.stat(path)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+  fs, p = _fs(path)
+  return dict(fs.info(p))
+
+
 def listdir(path: str) -> list[str]:
   """Names (not paths) directly under ``path``."""
   if not is_remote(path):
@@ -234,6 +244,31 @@ def rmtree(path: str) -> None:
   fs, p = _fs(path)
   if fs.exists(p):
     fs.rm(p, recursive=True)
+
+
+def move(src: str, dst: str) -> None:
+  """Renames a file or directory tree; on an object store (no rename) copies, then deletes."""
+  if not is_remote(src) and not is_remote(dst):
+    os.replace(src, dst)
+    return
+  if is_remote(src) != is_remote(dst):
+    raise ValueError(f"cannot move {src} to {dst}: both must be local or both URLs")
+  fs, p = _fs(src)
+  _, q = _fs(dst)
+  fs.copy(p.rstrip("/"), q.rstrip("/"), recursive=fs.isdir(p))
+  fs.rm(p, recursive=True)
+
+
+def invalidate_caches(path: str) -> None:
+  """Makes every cached fsspec instance of ``path``'s scheme forget its listings.
+
+  Other libraries hold their own instances (Orbax through etils.epath): after this module
+  deletes or moves objects under their feet, their cached listings would still show them.
+  """
+  if is_remote(path):
+    cls = type(_fs(path)[0])
+    for fs in list(getattr(cls, "_cache", {}).values()):
+      fs.invalidate_cache()
 
 
 def upload(local_path: str, path: str) -> None:

@@ -10,7 +10,6 @@ exactly what an uninterrupted one would have done.
 from __future__ import annotations
 
 import functools
-import os
 import time
 from typing import Any
 
@@ -30,6 +29,7 @@ from ecgjax import metrics as metrics_lib
 from ecgjax import preemption
 from ecgjax import sharding
 from ecgjax import state as state_lib
+from ecgjax import storage
 from ecgjax import validation
 from ecgjax.data import augment
 from ecgjax.data import mixture
@@ -204,8 +204,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   metrics_lib.log("mesh %s over %d devices (%s), %d processes", dict(mesh.shape),
                   jax.device_count(), jax.devices()[0].device_kind, jax.process_count())
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=1))
+    storage.write_text(storage.join(workdir, "config.json"), config.to_json_best_effort(indent=1))
 
   graphdef, state, shardings, schedule = state_lib.create_state(config, mesh)
   params = nnx.state(nnx.merge(graphdef, state)[0], nnx.Param)
@@ -224,7 +223,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   data_iter = input_lib.DevicePrefetcher(host_iter, mesh, config.data.device_prefetch,
                                          train_keys)
 
-  manager = ckpt_lib.make_manager(os.path.join(workdir, "checkpoints"), config)
+  manager = ckpt_lib.make_manager(storage.join(workdir, "checkpoints"), config)
   step = start_step = 0
   last, preempted, writer = {}, False, None
   t_final = None  # when the last checkpoint save began (logged with its duration).
@@ -345,7 +344,7 @@ def _make_plotter(config, workdir, graphdef, mesh, writer):
   def plot(step, state):
     pred, masked = jax.device_get(recon(state))
     if jax.process_index() == 0:
-      path = os.path.join(workdir, "plots", f"recon_{step:07d}.png")
+      path = storage.join(workdir, "plots", f"recon_{step:07d}.png")
       x_mv = np.asarray(batch["view1"][0])
       pred_mv = plots.to_units(np.asarray(pred[0]), np.asarray(x[0]), x_mv)
       plots.reconstruction(path, x_mv, pred_mv, np.asarray(masked[0]), list(config.data.leads),

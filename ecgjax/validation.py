@@ -15,7 +15,6 @@ with different floors compare (1.0 = predicting each patch's mean).
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any
 
 import jax
@@ -25,6 +24,7 @@ from flax import nnx
 
 from ecgjax import metrics as metrics_lib
 from ecgjax import sharding
+from ecgjax import storage
 from ecgjax.data import pipeline
 from ecgjax.data import windows
 from ecgjax.objectives import hybrid
@@ -114,11 +114,11 @@ class Validator:
 
   def plot(self) -> str | None:
     """WORKDIR/plots/loss_curves.png (train and val curves), on process 0."""
-    rows_path = os.path.join(self.workdir, "metrics.jsonl")
-    if jax.process_index() or not os.path.exists(rows_path):
+    rows_path = storage.join(self.workdir, "metrics.jsonl")
+    if jax.process_index() or not storage.exists(rows_path):
       return None
     from ecgjax import plots  # pylint: disable=g-import-not-at-top
-    return plots.loss_curves(os.path.join(self.workdir, "plots", "loss_curves.png"),
+    return plots.loss_curves(storage.join(self.workdir, "plots", "loss_curves.png"),
                              plots.read_metrics(rows_path))
 
 

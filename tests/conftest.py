@@ -61,6 +61,34 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+def _send_generation_headers() -> None:
+  """Object downloads carry ``x-goog-generation`` / ``x-goog-metageneration``, as real GCS sends.
+
+  gcp-storage-emulator omits them; tensorstore (Orbax's OCDBT writer) then fails on its
+  second read of a manifest with "Malformed StorageGeneration".
+  """
+  from gcp_storage_emulator import server as server_mod
+  from gcp_storage_emulator.handlers import objects
+  original = objects.download
+  if getattr(original, "ecgjax_generation_headers", False):
+    return
+
+  def download(request, response, storage, *args, **kwargs):
+    try:
+      obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+      response["x-goog-generation"] = str(obj["generation"])
+      response["x-goog-metageneration"] = str(obj.get("metageneration", "1"))
+    except Exception:  # pylint: disable=broad-except  (the original answers 404)
+      pass
+    return original(request, response, storage, *args, **kwargs)
+  download.ecgjax_generation_headers = True
+  objects.download = download  # objects.get(alt=media) calls it by this name.
+  for _, handlers in server_mod.HANDLERS:
+    for method, handler in list(handlers.items()):
+      if handler is original:
+        handlers[method] = download
+
+
 @pytest.fixture(scope="session")
 def gcs_emulator():
   """A real GCS JSON API server (gcp-storage-emulator) in this process: ``gs://ecgjax-test``.
@@ -73,6 +101,7 @@ def gcs_emulator():
   import http.server
   import logging
   import gcsfs
+  _send_generation_headers()
   # Concurrent ranged reads (ShardedSource.read_many) overflow the default listen backlog
   # of 5 of this single-threaded server: dropped connects retry after 1 s, 3 s, ...
   http.server.HTTPServer.request_queue_size = max(http.server.HTTPServer.request_queue_size, 1024)

@@ -60,3 +60,15 @@ def test_paths():
   assert storage.join("gs://b/x", "y", "z") == "gs://b/x/y/z"
   assert storage.basename("gs://b/x/y/") == "y" and storage.dirname("gs://b/x/y") == "gs://b/x"
   assert storage.abspath("gs://b/x") == "gs://b/x"
+
+
+def test_move_file_and_tree(root):
+  storage.write_text(storage.join(root, "src", "x", "a.txt"), "a")
+  storage.write_text(storage.join(root, "src", "b.txt"), "b")
+  storage.move(storage.join(root, "src"), storage.join(root, "dst"))
+  assert not storage.exists(storage.join(root, "src", "b.txt"))
+  assert storage.walk_files(storage.join(root, "dst")) == ["b.txt", "x/a.txt"]
+  assert storage.read_text(storage.join(root, "dst", "x", "a.txt")) == "a"
+  storage.move(storage.join(root, "dst", "b.txt"), storage.join(root, "c.txt"))
+  assert storage.read_text(storage.join(root, "c.txt")) == "b"
+  assert not storage.exists(storage.join(root, "dst", "b.txt"))

@@ -10,10 +10,10 @@ seeds reuse them.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
-import os
 import sys
 import time
 from typing import Any
@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
+from ecgjax import storage
 from ecgjax.data import example
 from ecgjax.data import pipeline
 from ecgjax.data import windows
@@ -42,14 +43,14 @@ def cache_key(enc: encoder_lib.Encoder, data_path: str, spec: dict[str, Any], sp
                  "window_samples": w.window_samples, "pre_r_s": w.pre_r_s,
                  "normalize": w.normalize,
                  "lead_stats": None if w.lead_stats is None else w.lead_stats.tolist()},
-      "data": {"path": os.path.abspath(data_path), "created": spec.get("created"),
+      "data": {"path": storage.abspath(data_path), "created": spec.get("created"),
                "records": spec.get("splits", {}).get(split), "skip_corrupt": bool(skip_corrupt)},
   }
 
 
 def cache_path(cache_dir: str, key: dict[str, Any]) -> str:
   digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-  return os.path.join(cache_dir, f"{key['split']}-{digest}.npz")
+  return storage.join(cache_dir, f"{key['split']}-{digest}.npz")
 
 
 def _eval_data_config(enc: encoder_lib.Encoder, data_cfg) -> ml_collections.ConfigDict:
@@ -81,8 +82,8 @@ def embed_split(enc: encoder_lib.Encoder, embedder: encoder_lib.BatchEmbedder, d
   skip = bool(data_cfg.get("skip_corrupt", False))
   key = cache_key(enc, data_cfg.path, spec, split, skip)
   path = cache_path(cache_dir, key)
-  if os.path.exists(path):
-    with np.load(path, allow_pickle=False) as z:
+  if cache_dir and storage.exists(path):
+    with np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False) as z:
       if json.loads(str(z["key"])) == json.loads(json.dumps(key)):
         logging.info("embeddings of %r from cache %s", split, path)
         return {"x": z["x"], "y": z["y"], "record_id": z["record_id"],
@@ -113,11 +114,10 @@ def embed_split(enc: encoder_lib.Encoder, embedder: encoder_lib.BatchEmbedder, d
   logging.info("embedded %d %r records in %.1fs (%.0f rec/s)", x.shape[0], split, seconds,
                x.shape[0] / max(seconds, 1e-9))
   if cache_dir and jax.process_index() == 0:
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = path + f".tmp-{os.getpid()}.npz"
-    np.savez(tmp, x=x, y=y, record_id=record_id, patient_id=patient_id,
+    buf = io.BytesIO()
+    np.savez(buf, x=x, y=y, record_id=record_id, patient_id=patient_id,
              key=np.asarray(json.dumps(key)))
-    os.replace(tmp, path)
+    storage.write_bytes(path, buf.getvalue())
   return {"x": x, "y": y, "record_id": record_id, "patient_id": patient_id, "cached": False,
           "file": path, "seconds": seconds}
 

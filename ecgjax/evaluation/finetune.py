@@ -15,19 +15,18 @@ from __future__ import annotations
 import datetime
 import functools
 import logging
-import os
 import re
 import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 from flax import nnx
 
 from ecgjax import sharding
+from ecgjax import storage
 from ecgjax.data import pipeline
 from ecgjax.data import spec as spec_lib
 from ecgjax.data import windows
@@ -129,7 +128,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if not config.pretrained:
     raise ValueError("config.pretrained: a training workdir, an export dir, or 'random' "
                      "(with config.random_like)")
-  os.makedirs(workdir, exist_ok=True)
+  storage.makedirs(workdir)
   start = time.time()
   spec = spec_lib.load(config.data.path)
   labels = list(spec["label_names"])
@@ -212,7 +211,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       "encoder": {"kind": enc.kind, "source": enc.meta.get("source"), "step": enc.meta.get("step"),
                   "model_size": enc.meta.get("model_size")},
-      "task": {"data_path": os.path.abspath(config.data.path), "label_names": labels,
+      "task": {"data_path": storage.abspath(config.data.path), "label_names": labels,
                "label_encoding": spec["label_encoding"], "num_classes": len(labels)},
       "splits": {"patients_shared_between_splits": shared,
                  "grouping": "patient_id from the shards, else record_id"},

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import os
 import time
 from typing import Any, Callable, Sequence
 
@@ -24,6 +23,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from ecgjax import storage
 from ecgjax.config import ConfigError
 from ecgjax.data import mixture
 from ecgjax.data import spec as spec_lib
@@ -60,8 +60,8 @@ def validate(config, workdir: str | None) -> None:
     encoder_lib.source_kind(config.pretrained)  # raises with what was expected.
   elif config.random_like:
     encoder_lib.source_kind(config.random_like)
-  has_spec = bool(config.data.path) and os.path.isfile(
-      os.path.join(config.data.path, spec_lib.SPEC_FILE))
+  has_spec = bool(config.data.path) and storage.isfile(
+      storage.join(config.data.path, spec_lib.SPEC_FILE))
   check(has_spec, "data.path", f"{config.data.path!r} has no {spec_lib.SPEC_FILE}; convert "
         "the dataset first (python -m data_pipelines.convert ...)")
   fr = list(config.label_fractions)
@@ -305,7 +305,7 @@ def evaluate_encoder(enc: encoder_lib.Encoder, config, cache_dir: str
                      "normalize": w.normalize,
                      "start": "pre_r_s before the first R peak that leaves a full window "
                               "(pipeline eval mode)"}},
-      "task": {"data_path": os.path.abspath(config.data.path), "label_names": labels,
+      "task": {"data_path": storage.abspath(config.data.path), "label_names": labels,
                "label_encoding": encoding, "num_classes": len(labels),
                "probe": ("logistic regression per class (sigmoid)" if multilabel
                          else "softmax regression")},
@@ -327,11 +327,11 @@ def evaluate_encoder(enc: encoder_lib.Encoder, config, cache_dir: str
 def run(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, Any]:
   """The probe job (main.py, config.job == 'probe')."""
   validate(config, workdir)
-  os.makedirs(workdir, exist_ok=True)
+  storage.makedirs(workdir)
   enc = encoder_lib.load(config.pretrained, config.random_like, arch=config.arch,
                          seed=int(config.seed), step=None if config.step < 0 else int(config.step),
                          data_path=config.data.path)
-  cache_dir = config.cache_dir or os.path.join(workdir, "embeddings")
+  cache_dir = config.cache_dir or storage.join(workdir, "embeddings")
   results, roc = evaluate_encoder(enc, config, cache_dir)
   if jax.process_index() == 0:
     probe_report.write(workdir, results, roc, plots=bool(config.plots))
@@ -346,7 +346,7 @@ DEMO_FRACTIONS = (0.1, 1.0)
 def demo_config(train_config, workdir: str) -> ml_collections.ConfigDict:
   """Probe settings for the demo summary: the training data, two fractions."""
   c = ml_collections.ConfigDict({
-      "job": "probe", "pretrained": os.path.join(workdir, "export"), "random_like": "",
+      "job": "probe", "pretrained": storage.join(workdir, "export"), "random_like": "",
       "step": -1, "seed": int(train_config.seed),
       "data": {"path": mixture.primary_path(train_config.data), "skip_corrupt": bool(train_config.data.skip_corrupt),
                "read_threads": 2},
@@ -365,7 +365,7 @@ def demo_summary(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
   """
   from ecgjax.inference import export  # pylint: disable=g-import-not-at-top
   start = time.time()
-  export_dir = os.path.join(workdir, "export")
+  export_dir = storage.join(workdir, "export")
   logging.info("exporting the encoder to %s…", export_dir)
   model, cfg, step = export.restore_model(workdir)
   if jax.process_index() == 0:
@@ -375,8 +375,8 @@ def demo_summary(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices("demo_export_written")
   pc = demo_config(config, workdir)
-  out_dir = os.path.join(workdir, "probe")
-  cache_dir = os.path.join(out_dir, "embeddings")
+  out_dir = storage.join(workdir, "probe")
+  cache_dir = storage.join(out_dir, "embeddings")
   trained = encoder_lib.load(export_dir)
   random = encoder_lib.load("random", random_like=export_dir, seed=int(config.seed))
   res_p, roc_p = evaluate_encoder(trained, pc, cache_dir)

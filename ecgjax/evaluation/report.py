@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
+from ecgjax import storage
 from ecgjax.evaluation import metrics as probe_metrics
 
 RESULTS_FILE = "results.json"
@@ -13,11 +13,7 @@ EFFICIENCY_FILE = "label_efficiency.png"
 
 
 def _write_json(path: str, obj: dict[str, Any]) -> None:
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  tmp = path + f".tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1, allow_nan=False)
-  os.replace(tmp, path)
+  storage.write_text(path, json.dumps(obj, indent=1, allow_nan=False))
 
 
 def _curve_points(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -43,12 +39,12 @@ def write(out_dir: str, results: dict[str, Any], roc: dict[str, Any], plots: boo
     labels = results["task"]["label_names"]
     title = (f"{results['encoder']['kind']} encoder, test set, probe trained on "
              f"{100 * roc['fraction']:g}% of train labels")
-    _roc_plot(os.path.join(out_dir, ROC_FILE), roc, labels, title)
-    plots_lib.label_efficiency(os.path.join(out_dir, EFFICIENCY_FILE),
+    _roc_plot(storage.join(out_dir, ROC_FILE), roc, labels, title)
+    plots_lib.label_efficiency(storage.join(out_dir, EFFICIENCY_FILE),
                                {results["encoder"]["kind"]: _curve_points(results)},
                                "linear probe: label efficiency")
     results["plots"] = {"roc_curves": ROC_FILE, "label_efficiency": EFFICIENCY_FILE}
-  path = os.path.join(out_dir, RESULTS_FILE)
+  path = storage.join(out_dir, RESULTS_FILE)
   _write_json(path, results)
   return path
 
@@ -57,16 +53,16 @@ def write_demo(out_dir: str, summary: dict[str, Any], roc: dict[str, Any]) -> st
   """Demo: one results.json holding both encoders; the curve compares them."""
   from ecgjax import plots as plots_lib  # pylint: disable=g-import-not-at-top
   labels = summary["pretrained"]["task"]["label_names"]
-  _roc_plot(os.path.join(out_dir, ROC_FILE), roc, labels,
+  _roc_plot(storage.join(out_dir, ROC_FILE), roc, labels,
             f"pretrained encoder, test set, probe trained on {100 * roc['fraction']:g}% "
             "of train labels")
   plots_lib.label_efficiency(
-      os.path.join(out_dir, EFFICIENCY_FILE),
+      storage.join(out_dir, EFFICIENCY_FILE),
       {"pretrained": _curve_points(summary["pretrained"]),
        "random init": _curve_points(summary["random"])},
       "demo linear probe: pretrained vs random init")
   summary["plots"] = {"roc_curves": ROC_FILE, "label_efficiency": EFFICIENCY_FILE}
-  path = os.path.join(out_dir, RESULTS_FILE)
+  path = storage.join(out_dir, RESULTS_FILE)
   _write_json(path, summary)
   return path
 

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import numpy as np
+
+from ecgjax import storage
 
 JSON_FILE, MD_FILE, PNG_FILE = "tasks.json", "tasks.md", "tasks.png"
 
@@ -98,12 +99,8 @@ def plot(path: str, summary: dict[str, Any]) -> str:
 
 
 def write(out_dir: str, summary: dict[str, Any]) -> None:
-  os.makedirs(out_dir, exist_ok=True)
   summary["files"] = {"markdown": MD_FILE, "plot": PNG_FILE}
-  tmp = os.path.join(out_dir, JSON_FILE + f".tmp-{os.getpid()}")
-  with open(tmp, "w") as f:
-    json.dump(summary, f, indent=1, allow_nan=False)
-  os.replace(tmp, os.path.join(out_dir, JSON_FILE))
-  with open(os.path.join(out_dir, MD_FILE), "w") as f:
-    f.write(markdown(summary))
-  plot(os.path.join(out_dir, PNG_FILE), summary)
+  storage.write_text(storage.join(out_dir, JSON_FILE),
+                     json.dumps(summary, indent=1, allow_nan=False))
+  storage.write_text(storage.join(out_dir, MD_FILE), markdown(summary))
+  plot(storage.join(out_dir, PNG_FILE), summary)

@@ -21,6 +21,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from ecgjax import storage
 from ecgjax.data import example
 from ecgjax.data import spec as spec_lib
 from ecgjax.data.source import ShardedSource
@@ -44,7 +45,9 @@ class TaskConfigError(ValueError):
 
 
 def _data_path(config, t) -> str:
-  return t.data if os.path.isabs(t.data) else os.path.join(config.data_root, t.data)
+  if storage.is_remote(t.data) or os.path.isabs(t.data):
+    return t.data
+  return storage.join(config.data_root, t.data)
 
 
 def selected(config) -> list[str]:
@@ -87,7 +90,7 @@ def validate(config, workdir: str | None) -> list[str]:
     cls = [c[0] for c in t.classes]
     check(set(t.exclusive) <= set(cls), f"{f}.exclusive", f"{list(t.exclusive)} not in {cls}")
     path = _data_path(config, t)
-    check(os.path.isfile(os.path.join(path, spec_lib.SPEC_FILE)), f"{f}.data",
+    check(storage.isfile(storage.join(path, spec_lib.SPEC_FILE)), f"{f}.data",
           f"{path!r} has no {spec_lib.SPEC_FILE}; convert it first (README: Clinical task "
           "suite) or set config.data_root")
     if t.split == "external":
@@ -118,9 +121,8 @@ def load_encoders(config) -> list[tuple[str, encoder_lib.Encoder, Any]]:
       name = "random"
     else:
       enc = encoder_lib.load(p, step=None if config.step < 0 else int(config.step))
-      base = os.path.basename(os.path.normpath(p))
-      name = base if sum(os.path.basename(os.path.normpath(q)) == base
-                         for q in trained) == 1 else p
+      base = storage.basename(p)
+      name = base if sum(storage.basename(q) == base for q in trained) == 1 else p
     out.append((name, enc, encoder_lib.BatchEmbedder(enc.model, int(config.batch_size))))
   if config.handcrafted:
     enc = handcrafted.make_encoder(out[0][1].meta)
@@ -201,7 +203,7 @@ def task_data(name: str, config, enc, embedder, cache_dir: str, memo: dict
           test_ids = [raw["train"][2][i] for i in idx]
       data["train"] = (x[rest], y[rest])
   classes = [c[0] for c in t.classes]
-  report = {"data": os.path.abspath(path), "split": t.split, "origin": origin,
+  report = {"data": storage.abspath(path), "split": t.split, "origin": origin,
             "counts": {s: int(data[s][0].shape[0]) for s in ("train", "val", "test")},
             "class_counts": {s: probe_data.class_counts(data[s][1], classes)
                              for s in ("train", "val", "test")},
@@ -305,8 +307,8 @@ def evaluate_task(name: str, config, enc, embedder, cache_dir: str, memo: dict
 def run(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, Any]:
   """The task-suite job (main.py, config.job == 'tasks')."""
   names = validate(config, workdir)
-  os.makedirs(workdir, exist_ok=True)
-  cache_dir = config.cache_dir or os.path.join(workdir, "embeddings")
+  storage.makedirs(workdir)
+  cache_dir = config.cache_dir or storage.join(workdir, "embeddings")
   start = time.time()
   encoders = load_encoders(config)
   steps = [(n, e) for n in names for e in range(len(encoders))]

@@ -15,18 +15,27 @@ NaNs, shorter than the window) are skipped and listed in the output with the rea
 Output .npz: embeddings [N, D] float32, record_ids [N], splits [N], labels [N, C] and
 label_names (when the input has labels), rejected_ids / rejected_reasons, mode, and
 model (the export config as JSON).
+
+--model, --input and --output may be bucket URLs (``gs://...``): shards are read in place
+(ranged reads), WFDB / numpy input is copied to a temporary directory first (with its
+sidecar JSON), and the .npz is uploaded whole.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import logging
 import os
 import sys
+import tempfile
 from typing import Any, Iterator
 
 import numpy as np
 import tqdm
+
+from ecgjax import storage
 
 # pretrained.MODES, repeated so that flag errors come before JAX and Flax are imported
 # (seconds on a small machine); tests/test_fail_loudly.py checks the two agree.
@@ -34,12 +43,11 @@ MODES = ("rpeak", "first", "mean")
 
 
 def input_kind(path: str) -> str:
-  if os.path.isdir(path) and os.path.isfile(os.path.join(path, "spec.json")):
+  if storage.isfile(storage.join(path, "spec.json")):
     return "shards"
-  if os.path.isdir(path):
-    for _, _, files in os.walk(path):
-      if any(f.endswith(".hea") for f in files):
-        return "wfdb"
+  if storage.isdir(path):
+    if any(f.endswith(".hea") for f in storage.walk_files(path)):
+      return "wfdb"
     return "numpy"  # a directory of per-record .npy files.
   if os.path.splitext(path)[1].lower() in (".npy", ".npz", ".h5", ".hdf5", ".hdf"):
     return "numpy"
@@ -73,6 +81,31 @@ def _shard_records(path: str, splits: list[str] | None) -> tuple[Iterator[dict[s
                "split": source.split, "label": hot}
 
   return gen(), sum(len(s) for s in sources), label_names
+
+
+@contextlib.contextmanager
+def local_input(path: str) -> Iterator[str]:
+  """``path``, or for a URL a local copy: the whole directory, or the file with its sidecar
+  JSON (``<file>.json`` / ``<stem>.json``), under the same name (the readers find sidecars
+  by name)."""
+  if not storage.is_remote(path):
+    yield path
+    return
+  with tempfile.TemporaryDirectory(prefix="ecgjax_embed_") as tmp:
+    name = storage.basename(path)
+    local = os.path.join(tmp, name)
+    if storage.isdir(path):
+      files = [(storage.join(path, f), os.path.join(local, f)) for f in storage.walk_files(path)]
+    else:
+      stem = os.path.splitext(name)[0]
+      files = [(path, local)] + [(storage.join(storage.dirname(path), n), os.path.join(tmp, n))
+                                 for n in (name + ".json", stem + ".json")]
+    for src, dst in files:
+      if src == path or storage.exists(src):
+        storage.makedirs(os.path.dirname(dst))
+        with open(dst, "wb") as f:
+          f.write(storage.read_bytes(src))
+    yield local
 
 
 def _reader_records(kind: str, path: str, args) -> tuple[Iterator[dict[str, Any]], int,
@@ -114,9 +147,9 @@ def check_args(args: argparse.Namespace) -> str:
     common.check_lead_names(args.leads, flag="--leads")
   if args.batch_size < 1:
     raise cli.UsageError(f"--batch_size={args.batch_size}: must be >= 1")
-  if not os.path.exists(args.input):
+  if not storage.exists(args.input):
     raise FileNotFoundError(f"--input={args.input}: does not exist")
-  if not os.path.exists(args.model):
+  if not storage.exists(args.model):
     raise FileNotFoundError(f"--model={args.model}: does not exist")
   kind = input_kind(args.input)
   if kind == "shards":
@@ -141,12 +174,18 @@ def check_args(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
   """Embeds every record of ``args.input``; raises EmptyOutputError when none could be."""
-  from ecgjax import cli  # pylint: disable=g-import-not-at-top
   kind = check_args(args)
-  if kind == "shards":
-    records, total, label_names = _shard_records(args.input, args.splits)
-  else:
-    records, total, label_names = _reader_records(kind, args.input, args)
+  with contextlib.ExitStack() as stack:
+    if kind == "shards":
+      records, total, label_names = _shard_records(args.input, args.splits)
+    else:
+      local = stack.enter_context(local_input(args.input))
+      records, total, label_names = _reader_records(kind, local, args)
+    return _embed_and_write(args, records, total, label_names)
+
+
+def _embed_and_write(args, records, total: int, label_names: list[str]) -> dict[str, Any]:
+  from ecgjax import cli  # pylint: disable=g-import-not-at-top
   from ecgjax.inference import pretrained as pretrained_lib  # pylint: disable=g-import-not-at-top
   model = pretrained_lib.load_pretrained(args.model, batch_size=args.batch_size)
   if args.leads:
@@ -203,8 +242,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out["labels"] = (np.stack(labels) if labels
                      else np.zeros((0, len(label_names)), np.float32))
     out["label_names"] = np.asarray(label_names, dtype=str)
-  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-  np.savez(args.output, **out)
+  buf = io.BytesIO()
+  np.savez(buf, **out)
+  path = args.output if args.output.endswith(".npz") else args.output + ".npz"  # as np.savez
+  storage.write_bytes(storage.abspath(path), buf.getvalue())
   logging.info("embedded %d records (%d skipped) -> %s", len(ids), len(rejected), args.output)
   for rid, reason in rejected[:10]:
     logging.warning("skipped %s: %s", rid, reason)

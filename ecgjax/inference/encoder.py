@@ -16,7 +16,6 @@ import dataclasses
 import functools
 import json
 import logging
-import os
 from typing import Any
 
 import jax
@@ -25,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 from ecgjax import sharding
+from ecgjax import storage
 from ecgjax.data import pipeline
 from ecgjax.inference import export
 from ecgjax.models import signal_transformer as st
@@ -64,11 +64,11 @@ def source_kind(path: str) -> str:
   """'random', 'export' or 'run'; raises with what was expected otherwise."""
   if path == "random":
     return "random"
-  if os.path.isfile(os.path.join(path, export.PARAMS_FILE)) and os.path.isfile(
-      os.path.join(path, export.CONFIG_FILE)):
+  if storage.isfile(storage.join(path, export.PARAMS_FILE)) and storage.isfile(
+      storage.join(path, export.CONFIG_FILE)):
     return "export"
-  if os.path.isdir(os.path.join(path, "checkpoints")) and os.path.isfile(
-      os.path.join(path, "config.json")):
+  if storage.isdir(storage.join(path, "checkpoints")) and storage.isfile(
+      storage.join(path, "config.json")):
     return "run"
   raise FileNotFoundError(
       f"{path!r} is neither a training workdir (config.json + checkpoints/), an export "
@@ -86,8 +86,7 @@ def read_meta(path: str) -> dict[str, Any]:
   """Export-config layout of a run or export directory, without loading weights."""
   kind = source_kind(path)
   if kind == "export":
-    with open(os.path.join(path, export.CONFIG_FILE)) as f:
-      return json.load(f)
+    return json.loads(storage.read_text(storage.join(path, export.CONFIG_FILE)))
   if kind == "run":
     return _meta_from_train_config(export.load_train_config(path), 0, path, "random")
   raise ValueError("read_meta needs a run or export directory, not 'random'")
@@ -111,9 +110,13 @@ def arch_meta(arch: ml_collections.ConfigDict, data_path: str = "") -> dict[str,
   return meta
 
 
-def _file_fingerprint(path: str) -> dict[str, int]:
-  st_ = os.stat(path)
-  return {"size": int(st_.st_size), "mtime_ns": int(st_.st_mtime_ns)}
+def _file_fingerprint(path: str) -> dict[str, Any]:
+  """Changes when the file is rewritten: size + mtime, or an object's size + generation."""
+  info = storage.info(path)
+  if not storage.is_remote(path):
+    return {"size": int(info["size"]), "mtime_ns": int(info["mtime_ns"])}
+  return {"size": int(info["size"]),
+          "version": str(info.get("generation") or info.get("etag") or info.get("mtime"))}
 
 
 def random_init(mcfg: ml_collections.ConfigDict, seed: int) -> st.SignalTransformer:
@@ -143,17 +146,17 @@ def load(source: str, random_like: str = "", arch: ml_collections.ConfigDict | N
   kind = source_kind(source)
   if kind == "export":
     model, meta = export.load_model(source)
-    meta = dict(meta, source=os.path.abspath(source))
-    identity = {"kind": kind, "path": os.path.abspath(source), "step": meta.get("step"),
-                "params": _file_fingerprint(os.path.join(source, export.PARAMS_FILE))}
+    meta = dict(meta, source=storage.abspath(source))
+    identity = {"kind": kind, "path": storage.abspath(source), "step": meta.get("step"),
+                "params": _file_fingerprint(storage.join(source, export.PARAMS_FILE))}
   elif kind == "run":
     model, cfg, restored = export.restore_model(source, step)
     meta = _meta_from_train_config(cfg, restored, source, "trained")
-    identity = {"kind": kind, "path": os.path.abspath(source), "step": int(restored)}
+    identity = {"kind": kind, "path": storage.abspath(source), "step": int(restored)}
   else:
     if random_like:
       meta = dict(read_meta(random_like), init="random", step=0,
-                  source=f"random like {os.path.abspath(random_like)}")
+                  source=f"random like {storage.abspath(random_like)}")
     elif arch is not None:
       meta = arch_meta(arch, data_path)
     else:

@@ -9,7 +9,8 @@ rebuild the model and feed it: the model config, sampling rate, lead order, patc
 window length, normalisation. By default only the encoder is written (what embedding,
 probes and fine-tuning use); ``config.include_heads=True`` adds the MAE decoder and the
 projection head. README.md is the model card (:mod:`ecgjax.inference.model_card`). Files
-are 0644 so colleagues can read a shared export.
+are 0644 so colleagues can read a shared export. Every path may be a bucket (``gs://``):
+files are serialised in memory and written whole through :mod:`ecgjax.storage`.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from safetensors import numpy as st_numpy
 from ecgjax import checkpoint as ckpt_lib
 from ecgjax import sharding
 from ecgjax import state as state_lib
+from ecgjax import storage
 from ecgjax.models import signal_transformer as st
 
 PARAMS_FILE = "params.safetensors"
@@ -44,11 +46,10 @@ def is_head_param(name: str) -> bool:
 
 
 def load_train_config(run_dir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(run_dir, "config.json")
-  if not os.path.exists(path):
+  path = storage.join(run_dir, "config.json")
+  if not storage.exists(path):
     raise FileNotFoundError(f"{path} not found: {run_dir} is not an ecgjax training workdir")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(json.loads(storage.read_text(path)))
 
 
 def param_name(path: tuple) -> str:
@@ -71,7 +72,7 @@ def restore_model(run_dir: str, step: int | None = None, init: str = "trained"):
   graphdef, state, shardings, _ = state_lib.create_state(cfg, mesh)
   restored_step = 0
   if init == "trained":
-    manager = ckpt_lib.make_manager(os.path.join(run_dir, "checkpoints"), cfg)
+    manager = ckpt_lib.make_manager(storage.join(run_dir, "checkpoints"), cfg)
     try:
       out = ckpt_lib.restore(manager, ckpt_lib.abstract_with_shardings(state, shardings), None,
                              step=step)
@@ -107,18 +108,15 @@ def export_config(cfg: ml_collections.ConfigDict, step: int, source: str, init: 
       "units": "mV",
       "step": int(step),
       "init": init,
-      "source": os.path.abspath(source),
+      "source": storage.abspath(source),
       "embedding_dim": 2 * int(state_lib.model_config(cfg).width),
       "heads": bool(include_heads),
   }
 
 
-def write_file(path: str, write_tmp) -> None:
-  """``write_tmp(tmp_path)``, chmod 0644 (not the umask/mkstemp default), rename into place."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  write_tmp(tmp)
-  os.chmod(tmp, FILE_MODE)
-  os.replace(tmp, path)
+def write_file(path: str, data: bytes | str) -> None:
+  """Writes a whole file (0644 locally, not the umask/mkstemp default), atomically."""
+  storage.write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data, FILE_MODE)
 
 
 def write(out_dir: str, model, export_cfg: dict[str, Any], run_dir: str | None = None) -> str:
@@ -127,19 +125,15 @@ def write(out_dir: str, model, export_cfg: dict[str, Any], run_dir: str | None =
   ``run_dir`` (the training workdir) lets the model card report the training config, data
   spec and probe results; it defaults to ``export_cfg['source']``.
   """
-  if not os.path.isdir(out_dir):
+  if not storage.is_remote(out_dir) and not os.path.isdir(out_dir):
     os.makedirs(out_dir)
     os.chmod(out_dir, 0o755)  # readable by colleagues whatever the umask.
   flat = flatten_params(nnx.state(model, nnx.Param))
   if not export_cfg.get("heads", False):
     flat = {k: v for k, v in flat.items() if not is_head_param(k)}
-  write_file(os.path.join(out_dir, PARAMS_FILE), lambda tmp: st_numpy.save_file(
-      flat, tmp, metadata={"format": "ecgjax", "step": str(export_cfg["step"])}))
-
-  def dump(tmp):
-    with open(tmp, "w") as f:
-      json.dump(export_cfg, f, indent=1)
-  write_file(os.path.join(out_dir, CONFIG_FILE), dump)
+  write_file(storage.join(out_dir, PARAMS_FILE), st_numpy.save(
+      flat, metadata={"format": "ecgjax", "step": str(export_cfg["step"])}))
+  write_file(storage.join(out_dir, CONFIG_FILE), json.dumps(export_cfg, indent=1))
   from ecgjax.inference import model_card  # pylint: disable=g-import-not-at-top
   model_card.write(out_dir, run_dir if run_dir is not None else export_cfg.get("source"))
   return out_dir
@@ -147,9 +141,11 @@ def write(out_dir: str, model, export_cfg: dict[str, Any], run_dir: str | None =
 
 def load_params(export_dir: str) -> dict[str, np.ndarray]:
   """Every tensor of ``params.safetensors``; a damaged file raises naming it."""
-  path = os.path.join(export_dir, PARAMS_FILE)
+  path = storage.join(export_dir, PARAMS_FILE)
+  remote = storage.is_remote(path)
+  data = storage.read_bytes(path) if remote else None  # FileNotFoundError names the path.
   try:
-    return st_numpy.load_file(path)
+    return st_numpy.load(data) if remote else st_numpy.load_file(path)
   except FileNotFoundError:
     raise
   except Exception as e:  # safetensors' errors do not name the file.
@@ -163,8 +159,7 @@ def load_model(export_dir: str):
   An encoder-only export (the default) leaves the decoder and projection head at zero:
   embedding, probes and fine-tuning never run them. Pretraining cannot resume from it.
   """
-  with open(os.path.join(export_dir, CONFIG_FILE)) as f:
-    export_cfg = json.load(f)
+  export_cfg = json.loads(storage.read_text(storage.join(export_dir, CONFIG_FILE)))
   mcfg = ml_collections.ConfigDict(export_cfg["model"])
   # Shapes only (eager random init compiles one small program per parameter shape); the
   # rules keep eval_shape from sharding by logical names when a global mesh is set.

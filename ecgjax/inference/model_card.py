@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import shutil
 from typing import Any
+
+from ecgjax import storage
 
 CARD_FILE = "README.md"
 REFERENCE_FILE = "numpy_encoder.py"
@@ -47,8 +47,7 @@ def licence_note(spec: dict[str, Any] | None) -> str:
 
 def _read_json(path: str) -> dict[str, Any] | None:
   try:
-    with open(path) as f:
-      return json.load(f)
+    return json.loads(storage.read_text(path))
   except (OSError, ValueError):
     return None
 
@@ -56,10 +55,9 @@ def _read_json(path: str) -> dict[str, Any] | None:
 def tensor_table(export_dir: str) -> list[tuple[str, tuple[int, ...], str]]:
   """(name, shape, dtype) of every tensor, from the safetensors header only."""
   from ecgjax.inference import export  # pylint: disable=g-import-not-at-top
-  path = os.path.join(export_dir, export.PARAMS_FILE)
-  with open(path, "rb") as f:
-    n = int.from_bytes(f.read(8), "little")
-    header = json.loads(f.read(n))
+  path = storage.join(export_dir, export.PARAMS_FILE)
+  n = int.from_bytes(storage.read_range(path, 0, 8), "little")
+  header = json.loads(storage.read_range(path, 8, 8 + n))
   header.pop("__metadata__", None)
   return sorted((k, tuple(v["shape"]), v["dtype"]) for k, v in header.items())
 
@@ -216,23 +214,20 @@ def render(meta: dict[str, Any], tensors: list[tuple[str, tuple[int, ...], str]]
 def write(export_dir: str, run_dir: str | None = None) -> str:
   """Renders EXPORT/README.md and copies the reference loader beside it (both 0644)."""
   from ecgjax.inference import export  # pylint: disable=g-import-not-at-top
-  meta = _read_json(os.path.join(export_dir, export.CONFIG_FILE))
+  meta = _read_json(storage.join(export_dir, export.CONFIG_FILE))
   if meta is None:
     raise FileNotFoundError(f"{export_dir}/{export.CONFIG_FILE} missing or unreadable")
   train_cfg = spec = probe = None
-  if run_dir and os.path.isdir(run_dir):
-    train_cfg = _read_json(os.path.join(run_dir, "config.json"))
-    probe = _read_json(os.path.join(run_dir, "probe", "results.json"))
+  if run_dir and storage.isdir(run_dir):
+    train_cfg = _read_json(storage.join(run_dir, "config.json"))
+    probe = _read_json(storage.join(run_dir, "probe", "results.json"))
   data_path = (train_cfg or {}).get("data", {}).get("path")
   if data_path:
-    spec = _read_json(os.path.join(data_path, "spec.json"))
+    spec = _read_json(storage.join(data_path, "spec.json"))
   text = render(meta, tensor_table(export_dir), train_cfg, spec, probe)
-  def put(tmp):
-    with open(tmp, "w") as f:
-      f.write(text)
-  path = os.path.join(export_dir, CARD_FILE)
-  export.write_file(path, put)
+  path = storage.join(export_dir, CARD_FILE)
+  export.write_file(path, text)
   from ecgjax_reference import numpy_encoder  # pylint: disable=g-import-not-at-top
-  export.write_file(os.path.join(export_dir, REFERENCE_FILE),
-                    lambda tmp: shutil.copyfile(numpy_encoder.__file__, tmp))
+  with open(numpy_encoder.__file__, "rb") as f:
+    export.write_file(storage.join(export_dir, REFERENCE_FILE), f.read())
   return path
