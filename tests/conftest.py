@@ -1,5 +1,4 @@
 """Shared fixtures: a small synthetic shard directory and a micro training config."""
-import argparse
 import os
 import pathlib
 
@@ -128,3 +127,12 @@ def gcs_emulator():
     # The class method: an instance made here, after the emulator left, would look for
     # Google credentials (5 metadata-server retries, ~15 s).
     gcsfs.GCSFileSystem.clear_instance_cache()
+
+
+@pytest.fixture(params=["local", "gcs"])
+def storage_root(request, tmp_path) -> str:
+  """Each test twice: in a local directory and under its own prefix in the emulated bucket."""
+  if request.param == "local":
+    return str(tmp_path)
+  bucket = request.getfixturevalue("gcs_emulator")
+  return f"{bucket}/{request.node.name.replace('[', '_').rstrip(']')}_{os.getpid()}"

@@ -18,12 +18,9 @@ from ecgjax import state as state_lib
 from ecgjax import storage
 
 
-@pytest.fixture(params=["local", "gcs"])
-def root(request, tmp_path):
-  if request.param == "local":
-    return str(tmp_path)
-  bucket = request.getfixturevalue("gcs_emulator")
-  return f"{bucket}/run_test_{request.node.name.replace('[', '_').rstrip(']')}_{os.getpid()}"
+@pytest.fixture
+def root(storage_root):
+  return storage_root
 
 
 def test_metrics_jsonl_survives_a_resume_and_tensorboard_is_written(root):

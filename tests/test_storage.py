@@ -6,12 +6,9 @@ import pytest
 from ecgjax import storage
 
 
-@pytest.fixture(params=["local", "gcs"])
-def root(request, tmp_path):
-  if request.param == "local":
-    return str(tmp_path)
-  bucket = request.getfixturevalue("gcs_emulator")
-  return f"{bucket}/storage_test_{os.getpid()}"
+@pytest.fixture
+def root(storage_root):
+  return storage_root
 
 
 def test_write_read_list_and_ranges(root):
