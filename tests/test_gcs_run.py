@@ -211,3 +211,31 @@ def test_probe_job_in_the_bucket_equals_the_local_one(gcs_emulator, synthetic_sh
   again = probe.run(_probe_config(f"{root}/export", shards), f"{root}/probe")
   assert all(e["cached"] for e in again["splits"]["embeddings"].values())
   assert again["results"] == remote["results"]
+
+
+def test_task_suite_in_the_bucket_equals_the_local_one(gcs_emulator, synthetic_shards, tmp_path):
+  """data_root, task data and workdir in the bucket: the same metrics and files as on disk."""
+  from configs import tasks as tasks_config
+  from data_pipelines import convert
+  from ecgjax.evaluation import tasks
+  from tests.test_tasks import _config
+  root = f"{gcs_emulator}/tasks_{os.getpid()}"
+  convert.convert(convert.build_parser().parse_args([  # the synthetic_shards conversion.
+      "--format=synthetic", f"--output={root}/data/syn", "--num_records=240",
+      "--num_shards=3", "--workers=1", "--sampling_rate=250", "--quiet"]))
+
+  def config(data_root, data):
+    c = _config(data_root, af=tasks_config.task(
+        data=data, classes=(("AF", ("atrial_fibrillation",)),),
+        keep=("atrial_fibrillation", "normal_sinus"), metrics=("auroc", "f1")))
+    c.label_fractions, c.bootstrap = (1.0,), 20
+    return c
+
+  local = tasks.run(config(os.path.dirname(synthetic_shards),
+                           os.path.basename(synthetic_shards)), str(tmp_path / "suite"))
+  remote = tasks.run(config(f"{root}/data", "syn"), f"{root}/suite")
+  for enc in ("random", "handcrafted"):
+    assert (remote["tasks"]["af"]["encoders"][enc][-1]["metrics"] ==
+            local["tasks"]["af"]["encoders"][enc][-1]["metrics"])
+  for f in ("tasks.json", "tasks.md", "tasks.png"):
+    assert storage.getsize(f"{root}/suite/{f}") > 200
