@@ -14,7 +14,8 @@ DISTRIBUTION = {"absl": "absl-py", "orbax": "orbax-checkpoint", "tensorflow_data
                 "tensorflow-datasets", "apache_beam": "apache-beam", "ml_collections":
                 "ml-collections", "tensorboardX": "tensorboardx"}
 OPTIONAL = {"apache-beam": "beam"}  # imported only by data_pipelines/beam_convert.py.
-INDIRECT = {"protobuf"}             # tensorflow_datasets' proto module needs it.
+INDIRECT = {"protobuf",             # tensorflow_datasets' proto module needs it.
+            "gcsfs"}                # fsspec loads it for gs:// URLs (ecgjax/storage.py).
 
 
 def _norm(name: str) -> str:
