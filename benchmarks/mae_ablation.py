@@ -39,6 +39,15 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "patch100": ({"patch_ms": 100.0}, "100 ms patches (base config)"),
     "leadwise": ({"model.decoder_leadwise": True}, "lead-wise decoder (ST-MEM)"),
     "lr3e-3": ({"optim.lr": 3e-3}, "learning rate 3e-3"),
+    "embed_std1": ({"model.embed_std": 1.0}, "lead/time embeddings initialised at std 1 "
+                   "(as large as a patch token) instead of 0.02"),
+    "embed_std0.2": ({"model.embed_std": 0.2}, "lead/time embeddings initialised at std 0.2"),
+    "no_contrastive": ({"loss.contrastive_weight": 0.0}, "MAE term alone (does NT-Xent slow "
+                       "the reconstruction?)"),
+    "time_local": ({"model.decoder_time_local": 1}, "first decoder block attends across "
+                   "leads at the same instant only (axial)"),
+    "time_local2": ({"model.decoder_time_local": 2}, "both decoder blocks same-instant only"),
+    "lr1e-2": ({"optim.lr": 1e-2}, "learning rate 1e-2"),
     "warmup10": ({"optim.warmup_steps": 10}, "warm-up 10 steps instead of 40"),
 }
 

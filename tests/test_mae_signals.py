@@ -5,6 +5,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
@@ -112,6 +113,43 @@ def test_leadwise_decoder_isolates_leads(leadwise):
   diff0 = float(jnp.abs(out2[:, :N] - out[:, :N]).max())
   assert (diff0 == 0.0) if leadwise else (diff0 > 1e-4)
   assert float(jnp.abs(out2[:, N:2 * N] - out[:, N:2 * N]).max()) > 1e-4
+
+
+@pytest.mark.parametrize("time_local", [0, 1])
+def test_time_local_decoder_reads_only_its_instant(time_local):
+  model = _model(decoder_time_local=time_local)
+  rng = np.random.default_rng(4)
+  tokens = jnp.asarray(rng.normal(size=(B, L * N, 32)), jnp.float32)
+  lead_mask = jnp.ones((B, L), bool)
+  out = model.decode(tokens, None, lead_mask, N)
+  # Change time patch 2 of every lead: with one same-instant decoder block, patches at the
+  # other instants must not move; patch 2 of another lead must (it reads across leads).
+  t = np.arange(L * N) % N
+  out2 = model.decode(tokens.at[:, t == 2].add(1.0), None, lead_mask, N)
+  diff_other = float(jnp.abs(out2[:, t != 2] - out[:, t != 2]).max())
+  assert (diff_other == 0.0) if time_local else (diff_other > 1e-4)
+  lead0_t2 = model.decode(tokens.at[:, N + 2].add(1.0), None, lead_mask, N)
+  assert float(jnp.abs(lead0_t2[:, 2] - out[:, 2]).max()) > 1e-4
+  with pytest.raises(ValueError, match="decoder_time_local"):
+    _model(decoder_time_local=2)
+  with pytest.raises(ValueError, match="embed_std"):
+    _model(embed_std=0.0)
+
+
+def test_config_without_new_fields_builds_the_legacy_model():
+  cfg = _model(decoder_time_local=1).cfg.to_dict()
+  for key in ("decoder_time_local", "embed_std"):  # as in an export made before them
+    cfg.pop(key)
+  with nnx.use_eager_sharding(False):
+    model = st.SignalTransformer(ml_collections.ConfigDict(cfg), rngs=nnx.Rngs(0))
+  assert model.cfg.decoder_time_local == 0 and model.cfg.embed_std == 0.02
+
+
+def test_embed_std_scales_lead_and_time_embeddings():
+  for std in (0.02, 1.0):
+    m = _model(embed_std=std)
+    for p in (m.lead_embed, m.pos_embed, m.decoder_lead_embed, m.decoder_pos_embed):
+      assert abs(float(jnp.std(p[...])) - std) < 0.5 * std
 
 
 def test_config_validation_of_new_keys(synthetic_shards):

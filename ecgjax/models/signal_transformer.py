@@ -55,6 +55,16 @@ _COMMON = dict(
     decoder_leadwise=False,   # each lead's patches attend only to that lead (ST-MEM style),
                               # so cross-lead inference must happen in the encoder.
     decoder_zero_init=False,  # zero output layer: the first prediction is the patch mean.
+    # The first decoder_time_local decoder blocks attend only across leads at the same time
+    # patch (axial attention over leads): a masked patch reads the other leads at its own
+    # instant, which is what the cross-lead linear baseline predicts from, without first
+    # having to learn position matching. configs/common.py turns it on (1); 0 here is how
+    # models exported before the option existed were trained.
+    decoder_time_local=0,
+    # Init std of the learned lead and time embeddings (encoder and decoder). At ViT's 0.02
+    # they are ~2% of a patch token, so attention cannot find "same instant, other lead"
+    # until Adam has grown them (benchmarks/results/mae_ablation_*).
+    embed_std=0.02,
 )
 
 SIZES: dict[str, dict[str, Any]] = {
@@ -103,6 +113,11 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
     raise ValueError(f"local_depth {cfg.local_depth} must be in [0, depth={cfg.depth}].")
   if cfg.num_global_tokens < 1:
     raise ValueError("num_global_tokens must be >= 1 (the pooled output reads them).")
+  if not 0 <= cfg.decoder_time_local <= cfg.decoder_depth:
+    raise ValueError(f"decoder_time_local {cfg.decoder_time_local} must be in "
+                     f"[0, decoder_depth={cfg.decoder_depth}].")
+  if not cfg.embed_std > 0:
+    raise ValueError(f"embed_std must be > 0, got {cfg.embed_std!r}.")
   if cfg.pos_embed not in ("learned", "sincos"):
     raise ValueError(f"pos_embed must be 'learned' or 'sincos', got {cfg.pos_embed!r}.")
   _remat_policy(cfg.remat)  # Raises on unknown names.
@@ -180,8 +195,8 @@ def _layernorm(width: int, eps: float, *, dtype, param_dtype, rngs: nnx.Rngs) ->
 
 
 def _embedding(shape: tuple[int, ...], axes: tuple[str | None, ...], param_dtype,
-               rngs: nnx.Rngs) -> nnx.Param:
-  init = nnx.with_partitioning(nnx.initializers.normal(stddev=0.02), axes)
+               rngs: nnx.Rngs, std: float = 0.02) -> nnx.Param:
+  init = nnx.with_partitioning(nnx.initializers.normal(stddev=std), axes)
   return nnx.Param(init(rngs.params(), shape, param_dtype))
 
 
@@ -244,6 +259,8 @@ class SignalTransformer(nnx.Module):
   """Encoder (local + global blocks) with an MAE decoder and a contrastive projection head."""
 
   def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    # Configs saved before a field existed (exports, run dirs) get its neutral default.
+    cfg = ml_collections.ConfigDict({**_COMMON, **cfg.to_dict()})
     validate_config(cfg)
     self.cfg = ml_collections.FrozenConfigDict(cfg)
     dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
@@ -253,10 +270,12 @@ class SignalTransformer(nnx.Module):
 
     # Tokeniser.
     self.patch_embed = _dense(cfg.patch_size, d, ("patch", "embed"), **kw)
-    self.lead_embed = _embedding((cfg.num_leads, d), ("leads", "embed"), param_dtype, rngs)
+    std = cfg.embed_std
+    self.lead_embed = _embedding((cfg.num_leads, d), ("leads", "embed"), param_dtype, rngs,
+                                 std)
     if cfg.pos_embed == "learned":
       self.pos_embed = _embedding((cfg.max_patches, d), ("positions", "embed"), param_dtype,
-                                  rngs)
+                                  rngs, std)
     self.global_tokens = _embedding((cfg.num_global_tokens, d), (None, "embed"), param_dtype,
                                     rngs)
 
@@ -273,10 +292,11 @@ class SignalTransformer(nnx.Module):
     self.decoder_in = _dense(d, dd, ("embed", None), **kw)
     self.mask_token = _embedding((dd,), ("decoder_embed",), param_dtype, rngs)
     self.decoder_lead_embed = _embedding((cfg.num_leads, dd), ("leads", "decoder_embed"),
-                                         param_dtype, rngs)
+                                         param_dtype, rngs, std)
     if cfg.pos_embed == "learned":
       self.decoder_pos_embed = _embedding((cfg.max_patches, dd),
-                                          ("positions", "decoder_embed"), param_dtype, rngs)
+                                          ("positions", "decoder_embed"), param_dtype, rngs,
+                                          std)
     self.decoder_blocks = nnx.List([
         Block(dd, cfg.decoder_heads, cfg.decoder_mlp_dim, embed_axis="decoder_embed",
               mlp_axis="decoder_mlp", **block_kw)
@@ -414,10 +434,18 @@ class SignalTransformer(nnx.Module):
     h = (h.reshape(b, l, n, dd) + self.decoder_lead_embed[...][:, None].astype(self.dtype)
          + pos[None].astype(self.dtype)).reshape(b, l * n, dd)
     lead_id = None
+    token = jnp.broadcast_to(jnp.arange(l * n, dtype=jnp.int32), (b, l * n))
     if self.cfg.decoder_leadwise:
-      lead_id = jnp.broadcast_to(jnp.arange(l * n, dtype=jnp.int32) // n, (b, l * n))
-    mask = _attention_mask(jnp.repeat(lead_mask, n, axis=1), lead_id)
-    h = self._run_blocks(self.decoder_blocks, h, [mask] * len(self.decoder_blocks))
+      lead_id = token // n
+    valid = jnp.repeat(lead_mask, n, axis=1)
+    mask = _attention_mask(valid, lead_id)
+    masks = [mask] * len(self.decoder_blocks)
+    if self.cfg.decoder_time_local:
+      same_instant = _attention_mask(valid, token % n)
+      if lead_id is not None:  # Lead-wise and time-local: a token sees only itself.
+        same_instant = same_instant & mask
+      masks[:self.cfg.decoder_time_local] = [same_instant] * self.cfg.decoder_time_local
+    h = self._run_blocks(self.decoder_blocks, h, masks)
     return self.decoder_out(self.decoder_norm(h)).astype(jnp.float32)
 
   # ------------------------------------------------------------------------------ heads
