@@ -166,12 +166,13 @@ def report(name: str) -> str:
     bl = res["baselines"].get(runs[0]["geometry"], {})
     over = ", ".join(f"{k}={v2}" for k, v2 in runs[0]["overrides"].items()) or "-"
     curve = " → ".join(f"{m:.3f}" for _, m in runs[0]["val_mae_curve"])
-    md.append(f"| {v} | {over} | {','.join(str(r['seed']) for r in runs)} | {runs[0]['steps']} | "
+    md.append(f"| {v} | {over} | {','.join(str(r['seed']) for r in runs)} | {runs[0]['steps']}"
+              f"{' (killed)' if runs[0].get('stopped_early') else ''} | "
               f"{curve} | {vals.mean():.3f}{sd} | "
               f"{np.mean([r['final_val_nt_xent'] or np.nan for r in runs]):.3f} | "
               f"{bl.get('model', {}).get('mae', float('nan')):.3f} / "
               f"{bl.get('mV', {}).get('mae', float('nan')):.3f} | "
-              f"{np.mean([r['seconds'] for r in runs]):.0f} |")
+              f"{_seconds(runs)} |")
   any_run = next(iter(res["runs"].values()), None)
   if any_run:
     md += ["", f"Setup: {any_run['geometry'].rsplit('_', 1)[0].replace('_', ', ')} windows "
@@ -185,6 +186,11 @@ def report(name: str) -> str:
     f.write("\n".join(md) + "\n")
   _curve_figure(base + ".png", res)
   return "\n".join(md)
+
+
+def _seconds(runs: list[dict]) -> str:
+  secs = [r["seconds"] for r in runs if r.get("seconds") is not None]
+  return f"{sum(secs) / len(secs):.0f}" if secs else "-"
 
 
 def _curve_figure(path: str, res: dict) -> None:
