@@ -100,16 +100,19 @@ def test_zero_init_decoder_predicts_patch_mean():
   assert float(jnp.abs(_model().decoder_out.kernel[...]).sum()) > 0
 
 
+def _decode_shifted(model, seed: int, *selections):
+  """Decoded patches of random full-grid tokens, then with each selection's tokens + 1."""
+  tokens = jnp.asarray(np.random.default_rng(seed).normal(size=(B, L * N, 32)), jnp.float32)
+  lead_mask = jnp.ones((B, L), bool)
+  return [model.decode(tokens, None, lead_mask, N)] + [
+      model.decode(tokens.at[:, sel].add(1.0), None, lead_mask, N) for sel in selections]
+
+
 @pytest.mark.parametrize("leadwise", [False, True])
 def test_leadwise_decoder_isolates_leads(leadwise):
-  model = _model(decoder_leadwise=leadwise)
-  rng = np.random.default_rng(3)
-  tokens = jnp.asarray(rng.normal(size=(B, L * N, 32)), jnp.float32)
-  lead_mask = jnp.ones((B, L), bool)
-  out = model.decode(tokens, None, lead_mask, N)
   # Change lead 1's encoded tokens only: lead 0's decoded patches must not move when
   # decoding is lead-wise, and do move when the decoder attends across leads.
-  out2 = model.decode(tokens.at[:, N:2 * N].add(1.0), None, lead_mask, N)
+  out, out2 = _decode_shifted(_model(decoder_leadwise=leadwise), 3, slice(N, 2 * N))
   diff0 = float(jnp.abs(out2[:, :N] - out[:, :N]).max())
   assert (diff0 == 0.0) if leadwise else (diff0 > 1e-4)
   assert float(jnp.abs(out2[:, N:2 * N] - out[:, N:2 * N]).max()) > 1e-4
@@ -117,18 +120,12 @@ def test_leadwise_decoder_isolates_leads(leadwise):
 
 @pytest.mark.parametrize("time_local", [0, 1])
 def test_time_local_decoder_reads_only_its_instant(time_local):
-  model = _model(decoder_time_local=time_local)
-  rng = np.random.default_rng(4)
-  tokens = jnp.asarray(rng.normal(size=(B, L * N, 32)), jnp.float32)
-  lead_mask = jnp.ones((B, L), bool)
-  out = model.decode(tokens, None, lead_mask, N)
   # Change time patch 2 of every lead: with one same-instant decoder block, patches at the
   # other instants must not move; patch 2 of another lead must (it reads across leads).
   t = np.arange(L * N) % N
-  out2 = model.decode(tokens.at[:, t == 2].add(1.0), None, lead_mask, N)
+  out, out2, lead0_t2 = _decode_shifted(_model(decoder_time_local=time_local), 4, t == 2, N + 2)
   diff_other = float(jnp.abs(out2[:, t != 2] - out[:, t != 2]).max())
   assert (diff_other == 0.0) if time_local else (diff_other > 1e-4)
-  lead0_t2 = model.decode(tokens.at[:, N + 2].add(1.0), None, lead_mask, N)
   assert float(jnp.abs(lead0_t2[:, 2] - out[:, 2]).max()) > 1e-4
   with pytest.raises(ValueError, match="decoder_time_local"):
     _model(decoder_time_local=2)
